@@ -1,0 +1,141 @@
+"""The per-model micro-batcher: one asyncio queue, one decision rule, ONE worker call per batch.
+
+A batch leaves when a replica has a free slot and either
+  * a replica is idle (then waiting would only add latency), or
+  * ``max_batch_size`` samples are queued, or
+  * ``max_wait_ms`` has passed since the oldest queued request arrived.
+While every replica is busy, requests keep accumulating, so batches grow with
+load. A request counts as many samples as its batch dim; one larger than
+``max_batch_size`` runs alone, as its own batch, rather than being split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from nosd.errors import NotReady
+
+Outputs = dict[str, np.ndarray]
+
+
+class Replica(Protocol):
+    name: str
+    inflight: int
+
+    async def infer(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]: ...
+
+
+@dataclass
+class Item:
+    inputs: dict[str, np.ndarray]
+    n: int
+    future: asyncio.Future[tuple[Outputs, dict[str, Any]]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(self, replicas: list[Replica], max_batch_size: int, max_wait_ms: float, max_inflight: int = 2):
+        self.replicas = replicas  # shared with the manager, which may add or remove replicas
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1e3
+        self.max_inflight = max_inflight
+        self._queue: deque[Item] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.create_task(self._run())
+
+    @property
+    def queued(self) -> int:
+        return sum(it.n for it in self._queue)
+
+    @property
+    def inflight(self) -> int:
+        return sum(r.inflight for r in self.replicas)
+
+    async def submit(self, inputs: dict[str, np.ndarray], n: int) -> tuple[Outputs, dict[str, Any]]:
+        if self._closing:
+            raise NotReady("model is unloading; retry after it is loaded again")
+        item = Item(inputs, n, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._wake.set()
+        return await item.future
+
+    def _free_replica(self) -> Replica | None:
+        free = [r for r in self.replicas if r.inflight < self.max_inflight]
+        return min(free, key=lambda r: r.inflight) if free else None
+
+    def _take(self) -> list[Item]:
+        """Pop the longest prefix of the queue that fits in one batch (at least one request)."""
+        batch, n = [], 0
+        while self._queue and (not batch or n + self._queue[0].n <= self.max_batch_size):
+            item = self._queue.popleft()
+            if item.future.done():  # the client went away while queued
+                continue
+            batch.append(item)
+            n += item.n
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            timeout: float | None = None
+            if self._queue:
+                replica = self._free_replica()
+                if replica is not None:
+                    due = self._queue[0].enqueued + self.max_wait - time.perf_counter()
+                    if replica.inflight == 0 or due <= 0 or self.queued >= self.max_batch_size:
+                        batch = self._take()
+                        if batch:
+                            self._dispatch(replica, batch)
+                        continue
+                    timeout = due
+            elif self._closing:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _dispatch(self, replica: Replica, batch: list[Item]) -> None:
+        replica.inflight += 1
+        task = asyncio.create_task(self._call(replica, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, replica: Replica, batch: list[Item]) -> None:
+        started = time.perf_counter()
+        try:
+            outputs, compute_ms = await replica.infer([it.inputs for it in batch])
+        except Exception as e:  # every caller of a failed batch gets the error
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(e)
+        else:
+            size = sum(it.n for it in batch)
+            for it, out in zip(batch, outputs, strict=True):
+                if not it.future.done():
+                    params = {
+                        "batch_size": size,
+                        "queue_ms": round((started - it.enqueued) * 1e3, 3),
+                        "compute_ms": round(compute_ms, 3),
+                        "replica": replica.name,
+                    }
+                    it.future.set_result((out, params))
+        finally:
+            replica.inflight -= 1
+            self._wake.set()
+
+    async def drain(self) -> None:
+        """Stop taking requests, finish every queued and in-flight one."""
+        self._closing = True
+        self._wake.set()
+        await self._loop
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

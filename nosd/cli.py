@@ -1,0 +1,108 @@
+"""``nosd``: flags -> Ray -> the aiohttp app; signals drain it and stop what it started."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import ray
+import uvloop
+from aiohttp import web
+
+from nosd import hub
+from nosd.errors import NosdError
+from nosd.manager import ModelManager
+from nosd.server import READY, make_app
+
+log = logging.getLogger("nosd")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nosd", description="Serve PyTorch vision models over KServe v2 (msgpack/JSON).")
+    p.add_argument("--runtime", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where workers run; auto = GPU when Ray sees one")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", default="", help="comma-separated model ids to load before reporting ready")
+    p.add_argument("--model-module", action="append", default=[],
+                   help="a .py file or module defining custom models (repeatable)")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (left running on exit); default: start an embedded local Ray")
+    p.add_argument("--ray-cpus", type=float, default=None, help="CPUs of the embedded Ray (default: all cores)")
+    p.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body accepted (413 above)")
+    p.add_argument("--max-inflight", type=int, default=2, help="batches in flight per replica")
+    p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def start_ray(address: str | None, cpus: float | None) -> None:
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        # "local" forces a fresh embedded instance; the dashboard would cost ~1 GB and 10 processes here.
+        ray.init(address="local", include_dashboard=False, num_cpus=cpus, logging_level=logging.WARNING,
+                 log_to_driver=True)
+
+
+def pick_device(runtime: str) -> str:
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if runtime == "gpu" and gpus < 1:
+        raise SystemExit("nosd: --runtime gpu, but Ray sees no GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+    return "cuda" if runtime == "gpu" or (runtime == "auto" and gpus >= 1) else "cpu"
+
+
+async def serve(args: argparse.Namespace) -> None:
+    device = pick_device(args.runtime)
+    manager = ModelManager(device, max_inflight=args.max_inflight)
+    app = make_app(manager, int(args.max_body_mb * 2**20))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=args.grace_s)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, backlog=1024)
+    await site.start()
+    log.info("listening on http://%s:%d (runtime %s)", args.host, args.port, device)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for model_id in filter(None, (m.strip() for m in args.models.split(","))):
+            await manager.ensure(model_id)
+        app[READY]["ready"] = True
+        log.info("ready")
+        await stop.wait()
+    finally:
+        log.info("shutting down: draining requests")
+        app[READY]["ready"] = False
+        await runner.cleanup()  # stops listening, waits for in-flight handlers up to --grace-s
+        await manager.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        for module in args.model_module:
+            for spec in hub.load_module(module):
+                log.info("registered custom model %s", spec.id)
+    except NosdError as e:
+        raise SystemExit(f"nosd: {e}") from None
+    start_ray(args.ray_address, args.ray_cpus)
+    try:
+        uvloop.run(serve(args))
+    except NosdError as e:
+        raise SystemExit(f"nosd: {e}") from None
+    finally:
+        if not args.ray_address:
+            ray.shutdown()
+        log.info("stopped (pid %d)", os.getpid())
+
+
+if __name__ == "__main__":
+    main()

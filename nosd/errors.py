@@ -1,0 +1,61 @@
+"""One exception hierarchy, one table to HTTP status (Triton keeps a single map too).
+
+Code anywhere raises the exception that names what went wrong; only
+``status_of`` decides what the client sees.
+"""
+
+from __future__ import annotations
+
+from nosclient.codec import TensorError
+
+
+class NosdError(Exception):
+    """Base of every error nosd reports to a client. The message says what to fix."""
+
+
+class BadRequest(NosdError):
+    """Malformed body, unknown input, wrong datatype/shape."""
+
+
+class ModelNotFound(NosdError):
+    """No model with that id in the hub."""
+
+
+class PayloadTooLarge(NosdError):
+    """Body over ``--max-body-mb``."""
+
+
+class NotReady(NosdError):
+    """Server not ready (starting or draining)."""
+
+
+class WorkerUnavailable(NosdError):
+    """The worker died or is restarting: retry later."""
+
+
+class ModelFailure(NosdError):
+    """The model raised while loading or computing."""
+
+
+class WeightsNotFound(ModelFailure):
+    """Weights file missing and could not be fetched."""
+
+
+_STATUS: dict[type[Exception], int] = {
+    TensorError: 400,
+    BadRequest: 400,
+    ModelNotFound: 404,
+    PayloadTooLarge: 413,
+    NotReady: 503,
+    WorkerUnavailable: 503,
+    ModelFailure: 500,
+    NosdError: 500,
+}
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status of an exception: the most specific entry of the table, 500 for anything else."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500

@@ -1,0 +1,146 @@
+"""torchvision ImageNet classifiers and a COCO detector, preprocessed exactly as ``weights.transforms()``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nosd.spec import ModelSpec, Resources, TensorSpec
+from nosd.weights import torchvision_state_dict
+
+IMAGES = TensorSpec(
+    name="images",
+    datatypes=["UINT8", "BYTES"],
+    shape=[-1, -1, -1, 3],
+    description="UINT8 [N,H,W,3] RGB, or BYTES [N] of encoded JPEG/PNG",
+)
+
+
+def image_tensors(images: np.ndarray | list[np.ndarray]) -> Any:
+    """Wire images -> uint8 CHW torch tensors: one [N,3,H,W] tensor when sizes agree, else a list."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    def one(img: Any) -> torch.Tensor:
+        if isinstance(img, (bytes, bytearray)):
+            buf = torch.frombuffer(bytearray(img), dtype=torch.uint8)
+            return decode_image(buf, mode=ImageReadMode.RGB)
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    return [one(img) for img in images]
+
+
+def _weights(arch: str) -> Any:
+    import torchvision
+
+    return torchvision.models.get_model_weights(arch).DEFAULT
+
+
+class Classifier:
+    """ImageNet classifier: ``logits`` [N,1000] and the top-1 ``label``."""
+
+    def __init__(self, device: str, arch: str):
+        import torchvision
+
+        self.device = device
+        self.weights = _weights(arch)
+        self.model = torchvision.models.get_model(arch, weights=None)
+        self.model.load_state_dict(torchvision_state_dict(self.weights))
+        self.model.eval().to(device)
+        self.transforms = self.weights.transforms()
+        self.categories = np.array([c.encode() for c in self.weights.meta["categories"]], dtype=object)
+
+    def preprocess(self, images: np.ndarray | list[np.ndarray]) -> Any:
+        import torch
+
+        x = image_tensors(images)
+        if isinstance(x, list):
+            return torch.stack([self.transforms(img) for img in x])
+        return self.transforms(x)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        x = self.preprocess(batch["images"]).to(self.device)
+        logits = self.model(x).float().cpu().numpy()
+        return {"logits": logits, "label": self.categories[logits.argmax(1)]}
+
+
+class Detector:
+    """COCO detector; boxes are x1,y1,x2,y2 in the input image's pixels."""
+
+    def __init__(self, device: str, arch: str):
+        import torchvision
+
+        self.device = device
+        self.weights = _weights(arch)
+        self.model = torchvision.models.get_model(arch, weights=None, weights_backbone=None)
+        self.model.load_state_dict(torchvision_state_dict(self.weights))
+        self.model.eval().to(device)
+        self.transforms = self.weights.transforms()
+        self.categories = self.weights.meta["categories"]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        x = image_tensors(batch["images"])
+        images = [self.transforms(img).to(self.device) for img in x]
+        dets = self.model(images)
+        return {
+            "boxes": [d["boxes"].float().cpu().numpy() for d in dets],
+            "scores": [d["scores"].float().cpu().numpy() for d in dets],
+            "labels": [d["labels"].to(dtype=__import__("torch").int64).cpu().numpy() for d in dets],
+            "num_detections": np.array([len(d["boxes"]) for d in dets], dtype=np.int32),
+        }
+
+
+def _classifier(arch: str, max_batch_size: int) -> ModelSpec:
+    return ModelSpec(
+        id=f"torchvision/{arch}",
+        task="image-classification",
+        description=f"torchvision {arch}, ImageNet-1k ({_weights_name(arch)})",
+        inputs=[IMAGES],
+        outputs=[
+            TensorSpec(name="logits", datatypes=["FP32"], shape=[-1, 1000]),
+            TensorSpec(name="label", datatypes=["BYTES"], shape=[-1], description="top-1 ImageNet category"),
+        ],
+        entrypoint="nosd.hub.torchvision:Classifier",
+        init_args={"arch": arch},
+        max_batch_size=max_batch_size,
+        max_wait_ms=5.0,
+        weights=f"torchvision:{_weights_name(arch)}",
+        resources=Resources(num_cpus=1, threads=None),
+    )
+
+
+def _weights_name(arch: str) -> str:
+    return {
+        "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+        "resnet50": "ResNet50_Weights.IMAGENET1K_V2",
+        "mobilenet_v3_large": "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+        "efficientnet_b0": "EfficientNet_B0_Weights.IMAGENET1K_V1",
+        "fasterrcnn_mobilenet_v3_large_320_fpn": "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1",
+    }[arch]
+
+
+_DET = "fasterrcnn_mobilenet_v3_large_320_fpn"
+SPECS = [_classifier(a, 16) for a in ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0")] + [
+    ModelSpec(
+        id=f"torchvision/{_DET}",
+        task="object-detection",
+        description="torchvision Faster R-CNN MobileNetV3-Large 320 FPN, COCO",
+        inputs=[IMAGES],
+        outputs=[
+            TensorSpec(name="boxes", datatypes=["FP32"], shape=[-1, -1, 4],
+                       description="x1,y1,x2,y2 in input pixels; rows past num_detections are zero padding"),
+            TensorSpec(name="scores", datatypes=["FP32"], shape=[-1, -1]),
+            TensorSpec(name="labels", datatypes=["INT64"], shape=[-1, -1], description="COCO category ids"),
+            TensorSpec(name="num_detections", datatypes=["INT32"], shape=[-1]),
+        ],
+        entrypoint="nosd.hub.torchvision:Detector",
+        init_args={"arch": _DET},
+        max_batch_size=4,
+        max_wait_ms=5.0,
+        weights=f"torchvision:{_weights_name(_DET)}",
+        resources=Resources(num_cpus=1, threads=None),
+    )
+]

@@ -1,0 +1,176 @@
+"""Which models are loaded where: Ray actors per replica, one batcher per model, load/unload.
+
+Loading is idempotent and shared: concurrent first requests for a model wait on
+one load. Later issues add memory budgets, eviction and autoscaling here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from nosd import hub
+from nosd.batcher import Batcher, Outputs
+from nosd.errors import BadRequest, ModelFailure, NosdError, WorkerUnavailable
+from nosd.spec import ModelSpec
+from nosd.worker import Worker
+
+log = logging.getLogger("nosd.manager")
+State = Literal["unloaded", "loading", "ready", "failed"]
+
+
+def _unwrap(e: Exception) -> NosdError:
+    """Ray's wrappers -> our errors: a dead actor is retryable (503), a model exception is a 500."""
+    if isinstance(e, RayTaskError):
+        cause = e.cause if isinstance(e.cause, Exception) else None
+        if isinstance(cause, NosdError):
+            return cause
+        return ModelFailure(f"model raised {type(cause).__name__ if cause else 'an error'}: {cause or e}")
+    if isinstance(e, RayActorError):
+        return WorkerUnavailable("the model's worker died and is being restarted; retry the request")
+    return ModelFailure(str(e))
+
+
+class RayReplica:
+    """One Ray actor holding the model. Ray restarts it if its process dies (``max_restarts``)."""
+
+    def __init__(self, spec: ModelSpec, device: str, index: int, threads: int):
+        self.name = f"{spec.id}#{index}"
+        self.inflight = 0
+        res = spec.resources
+        self.actor = (
+            ray.remote(Worker)
+            .options(
+                num_cpus=res.num_cpus,
+                num_gpus=res.num_gpus if device == "cuda" else 0,
+                max_restarts=-1,
+                max_task_retries=0,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+            )
+            .remote(spec, device, threads)
+        )
+        self.info: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        try:
+            self.info = await self.actor.ready.remote()
+        except Exception as e:
+            raise _unwrap(e) from None
+
+    async def infer(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+        try:
+            return await self.actor.infer.remote(requests)
+        except Exception as e:
+            raise _unwrap(e) from None
+
+    def kill(self) -> None:
+        ray.kill(self.actor, no_restart=True)
+
+
+@dataclass
+class Model:
+    spec: ModelSpec
+    state: State = "unloaded"
+    replicas: list[RayReplica] = field(default_factory=list)
+    batcher: Batcher | None = None
+    loading: asyncio.Task[None] | None = None
+    error: str = ""
+
+
+class ModelManager:
+    def __init__(self, device: Literal["cpu", "cuda"], max_inflight: int = 2):
+        self.device = device
+        self.max_inflight = max_inflight
+        self.models: dict[str, Model] = {}
+
+    def _model(self, model_id: str) -> Model:
+        if model_id not in self.models:
+            self.models[model_id] = Model(hub.get(model_id))
+        return self.models[model_id]
+
+    def state(self, model_id: str) -> State:
+        m = self.models.get(model_id)
+        return m.state if m else "unloaded"
+
+    async def ensure(self, model_id: str, replicas: int | None = None) -> Model:
+        """Load the model if needed; every concurrent caller awaits the same load."""
+        m = self._model(model_id)
+        if m.state != "ready":
+            if m.loading is None or m.loading.done():
+                m.loading = asyncio.create_task(self._load(m, replicas or 1))
+            await asyncio.shield(m.loading)
+        return m
+
+    async def _load(self, m: Model, n: int) -> None:
+        spec = m.spec
+        m.state, m.error = "loading", ""
+        threads = spec.resources.threads or max(1, (os.cpu_count() or 1) // n)
+        log.info("loading %s: %d replica(s) on %s, %d thread(s) each", spec.id, n, self.device, threads)
+        replicas = [RayReplica(spec, self.device, i, threads) for i in range(n)]
+        try:
+            await asyncio.gather(*(r.start() for r in replicas))
+        except NosdError as e:
+            for r in replicas:
+                r.kill()
+            m.state, m.error = "failed", str(e)
+            log.error("loading %s failed: %s", spec.id, e)
+            raise
+        m.replicas = replicas
+        m.batcher = Batcher(m.replicas, spec.max_batch_size, spec.max_wait_ms, self.max_inflight)
+        m.state = "ready"
+        log.info("%s ready (pids %s)", spec.id, [r.info.get("pid") for r in replicas])
+
+    async def infer(self, model_id: str, inputs: dict[str, np.ndarray]) -> tuple[Outputs, dict[str, Any]]:
+        m = await self.ensure(model_id)
+        n = _batch_len(inputs)
+        assert m.batcher is not None
+        return await m.batcher.submit(inputs, n)
+
+    async def unload(self, model_id: str) -> None:
+        m = self._model(model_id)
+        if m.loading and not m.loading.done():
+            await asyncio.gather(m.loading, return_exceptions=True)
+        batcher, replicas = m.batcher, m.replicas
+        m.state, m.batcher, m.replicas = "unloaded", None, []
+        if batcher:
+            await batcher.drain()
+        for r in replicas:
+            r.kill()
+        log.info("%s unloaded", model_id)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.unload(i) for i, m in self.models.items() if m.state != "unloaded"))
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [
+            {"name": s.id, "task": s.task, "state": self.state(s.id), "platform": s.platform}
+            for s in hub.all_specs()
+        ]
+
+    def describe(self, model_id: str) -> dict[str, Any]:
+        spec = hub.get(model_id)
+        m = self.models.get(model_id)
+        meta = spec.metadata()
+        meta["state"] = {
+            "state": self.state(model_id),
+            "loaded": self.state(model_id) == "ready",
+            "replicas": len(m.replicas) if m else 0,
+            "error": m.error if m else "",
+        }
+        return meta
+
+
+def _batch_len(inputs: dict[str, np.ndarray]) -> int:
+    sizes = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+    if -1 in sizes:
+        raise BadRequest("every input needs a leading batch dimension (shape [N, ...])")
+    if len(sizes) != 1:
+        raise BadRequest(f"inputs disagree on the batch size (dim 0): {sorted(sizes)}")
+    return sizes.pop()

@@ -1,0 +1,152 @@
+"""aiohttp routes of the KServe v2 REST protocol: parse, call the manager, encode. No model logic here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from nosclient.codec import JSON, MSGPACK, content_type_of, dumps, loads
+from nosd import __version__, hub
+from nosd.errors import BadRequest, NosdError, NotReady, PayloadTooLarge, status_of
+from nosd.manager import ModelManager
+from nosd.protocol import infer_response, parse_infer
+
+log = logging.getLogger("nosd.server")
+MANAGER = web.AppKey("manager", ModelManager)
+READY = web.AppKey("ready", dict)
+MAX_BODY = web.AppKey("max_body", int)
+EXTENSIONS = ["model_repository", "msgpack"]
+
+
+def _reply_type(request: web.Request) -> str:
+    accept = request.headers.get("Accept", "")
+    if "msgpack" in accept:
+        return MSGPACK
+    if "json" in accept:
+        return JSON
+    return content_type_of(request.headers.get("Content-Type"))
+
+
+def reply(request: web.Request, obj: Any, status: int = 200) -> web.Response:
+    ctype = _reply_type(request)
+    return web.Response(body=dumps(obj, ctype), status=status, content_type=ctype)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The one place an exception becomes a status: ``errors.status_of`` decides."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY]
+        err: Exception = PayloadTooLarge(
+            f"request body is over the limit of {limit} bytes; send less per request or raise --max-body-mb"
+        )
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return reply(request, {"error": f"{e.reason}: {request.method} {request.path}"}, e.status)
+    except (NosdError, ValueError) as e:
+        err = e
+    except Exception as e:  # a bug: log it whole, tell the client what happened
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        err = e
+    status = status_of(err)
+    if status >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.path, status, err)
+    return reply(request, {"error": str(err)}, status)
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        return {}
+    return loads(raw, content_type_of(request.headers.get("Content-Type")))
+
+
+def _manager(request: web.Request) -> ModelManager:
+    if not request.app[READY]["ready"]:
+        raise NotReady("server is starting or shutting down; retry shortly")
+    return request.app[MANAGER]
+
+
+async def live(request: web.Request) -> web.Response:
+    return reply(request, {"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    ok = request.app[READY]["ready"]
+    return reply(request, {"ready": ok}, 200 if ok else 503)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return reply(request, {"name": "nosd", "version": __version__, "extensions": EXTENSIONS})
+
+
+async def models(request: web.Request) -> web.Response:
+    return reply(request, {"models": request.app[MANAGER].listing()})
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    return reply(request, request.app[MANAGER].describe(request.match_info["name"]))
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    hub.get(name)
+    ok = request.app[READY]["ready"] and request.app[MANAGER].state(name) == "ready"
+    return reply(request, {"name": name, "ready": ok}, 200 if ok else 400)
+
+
+async def infer(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    spec = hub.get(request.match_info["name"])
+    req = parse_infer(await _body(request), spec)
+    outputs, params = await manager.infer(spec.id, req.inputs)
+    return reply(request, infer_response(spec, req, outputs, params, _reply_type(request) == MSGPACK))
+
+
+async def load(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    name = request.match_info["name"]
+    hub.get(name)
+    body = await _body(request)
+    params = (body.get("parameters") or {}) if isinstance(body, dict) else {}
+    replicas = params.get("replicas")
+    if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
+        raise BadRequest("parameters.replicas must be a positive integer")
+    await manager.ensure(name, replicas)
+    return reply(request, manager.describe(name))
+
+
+async def unload(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    name = request.match_info["name"]
+    hub.get(name)
+    await manager.unload(name)
+    return reply(request, {"name": name, "state": "unloaded"})
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    return reply(request, request.app[MANAGER].listing())
+
+
+def make_app(manager: ModelManager, max_body_bytes: int) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+    app[MANAGER] = manager
+    app[READY] = {"ready": False}
+    app[MAX_BODY] = max_body_bytes
+    name = "{name:.+}"
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/v2/models", models)
+    app.router.add_get(f"/v2/models/{name}/ready", model_ready)
+    app.router.add_post(f"/v2/models/{name}/infer", infer)
+    app.router.add_get(f"/v2/models/{name}", model_metadata)
+    app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_post(f"/v2/repository/models/{name}/load", load)
+    app.router.add_post(f"/v2/repository/models/{name}/unload", unload)
+    return app

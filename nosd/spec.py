@@ -1,0 +1,84 @@
+"""ModelSpec: everything nosd knows about a model before loading it.
+
+A spec is data (pydantic), so it travels to Ray actors, prints as metadata, and
+later issues can add measured profiles to it without touching the code paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from nosclient.codec import DATATYPES
+
+NUMERIC = [d for d in DATATYPES if d != "BYTES"]
+Task = Literal[
+    "diagnostic", "image-classification", "object-detection", "segmentation", "embedding", "face-detection",
+    "ocr", "custom",
+]
+
+
+class TensorSpec(BaseModel):
+    """One input or output. ``shape`` includes the batch dim; -1 is any size; None is any rank."""
+
+    name: str
+    datatypes: list[str]
+    shape: list[int] | None
+    description: str = ""
+
+    @field_validator("datatypes")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if d not in DATATYPES]
+        if bad or not v:
+            raise ValueError(f"unknown datatypes {bad}; use {list(DATATYPES)}")
+        return v
+
+    def metadata(self) -> dict[str, Any]:
+        """The v2 form: one datatype (the first, the preferred one) and -1 for variable dims."""
+        return {"name": self.name, "datatype": self.datatypes[0], "shape": self.shape or [-1],
+                "datatypes": self.datatypes}
+
+
+class Resources(BaseModel):
+    """What one replica asks Ray for. ``threads`` None means: as many as its CPU share."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    threads: int | None = None
+
+
+class ModelSpec(BaseModel):
+    id: str
+    task: Task
+    description: str = ""
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    # "module:Class" or "path/to/file.py:Class"; the class is built in the worker as Class(device, **init_args).
+    entrypoint: str
+    init_args: dict[str, Any] = Field(default_factory=dict)
+    max_batch_size: int = Field(16, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    # Where weights come from (informational for users; the model's loader uses it).
+    weights: str | None = None
+    resources: Resources = Field(default_factory=Resources)
+    platform: str = "pytorch"
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.id,
+            "versions": ["1"],
+            "platform": self.platform,
+            "task": self.task,
+            "description": self.description,
+            "inputs": [t.metadata() for t in self.inputs],
+            "outputs": [t.metadata() for t in self.outputs],
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": self.max_wait_ms,
+            "weights": self.weights,
+            "resources": self.resources.model_dump(),
+        }

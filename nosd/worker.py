@@ -1,0 +1,118 @@
+"""The Ray actor that holds one replica of a model on its device.
+
+One call = one batch: the batcher sends the inputs of several requests, the
+worker collates them, runs the model once under ``torch.inference_mode`` and
+splits the outputs back per request, so only small per-request results return.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nosd.spec import ModelSpec
+
+Batch = dict[str, "np.ndarray | list[np.ndarray]"]
+
+
+def resolve(entrypoint: str) -> Any:
+    """``module:Class`` or ``path/to/file.py:Class`` -> the class."""
+    target, _, attr = entrypoint.rpartition(":")
+    if not target or not attr:
+        raise ValueError(f"entrypoint {entrypoint!r} must look like 'package.module:Class' or 'file.py:Class'")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        name = "nosd_custom_" + path.stem
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise ValueError(f"cannot import {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    return getattr(module, attr)
+
+
+def collate(requests: list[dict[str, np.ndarray]]) -> tuple[Batch, list[int]]:
+    """Join requests along the batch dim: one ndarray when shapes agree, else a list of samples."""
+    counts = [len(next(iter(r.values()))) if r else 0 for r in requests]
+    batch: Batch = {}
+    for name in requests[0]:
+        parts = [r[name] for r in requests]
+        first = parts[0]
+        if all(p.dtype == first.dtype and p.shape[1:] == first.shape[1:] for p in parts):
+            batch[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        else:
+            batch[name] = [sample for p in parts for sample in p]
+    return batch, counts
+
+
+def _pad_stack(samples: list[np.ndarray]) -> np.ndarray:
+    """Ragged per-sample outputs (detections) -> one array padded with zeros to the longest."""
+    if not samples:
+        return np.zeros((0,), np.float32)
+    longest = max(s.shape[0] for s in samples)
+    out = np.zeros((len(samples), longest, *samples[0].shape[1:]), dtype=samples[0].dtype)
+    for i, s in enumerate(samples):
+        out[i, : s.shape[0]] = s
+    return out
+
+
+def split(outputs: dict[str, Any], counts: list[int]) -> list[dict[str, np.ndarray]]:
+    total = sum(counts)
+    per_request: list[dict[str, np.ndarray]] = [{} for _ in counts]
+    for name, value in outputs.items():
+        if len(value) != total:
+            raise RuntimeError(f"model returned {len(value)} rows for output '{name}', expected {total}")
+        start = 0
+        for i, n in enumerate(counts):
+            part = value[start : start + n]
+            per_request[i][name] = part if isinstance(part, np.ndarray) else _pad_stack(list(part))
+            start += n
+    return per_request
+
+
+class Worker:
+    """Plain class; the manager wraps it with ``ray.remote`` and the replica's resources.
+
+    The model loads in ``__init__`` so that Ray's automatic restart of a dead
+    worker reloads it; a load error is kept and raised by ``ready`` instead of
+    killing the actor, so the client gets the message rather than a restart loop.
+    """
+
+    def __init__(self, spec: ModelSpec, device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model: Any = None
+        self.error: Exception | None = None
+        t0 = time.perf_counter()
+        try:
+            self.model = resolve(spec.entrypoint)(device, **spec.init_args)
+        except Exception as e:  # noqa: BLE001 - reported by ready()
+            self.error = e
+        self.info = {"pid": os.getpid(), "threads": threads, "load_s": round(time.perf_counter() - t0, 3)}
+
+    def ready(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        return self.info
+
+    def infer(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[dict[str, np.ndarray]], float]:
+        import torch
+
+        t0 = time.perf_counter()
+        batch, counts = collate(requests)
+        with torch.inference_mode():
+            outputs = self.model(batch)
+        return split(outputs, counts), (time.perf_counter() - t0) * 1e3
