@@ -33,6 +33,10 @@ class WorkerUnavailable(NosdError):
     """The worker died or is restarting: retry later."""
 
 
+class InsufficientResources(NosdError):
+    """Ray cannot place the replicas: not enough free CPU/GPU in the cluster."""
+
+
 class ModelFailure(NosdError):
     """The model raised while loading or computing."""
 
@@ -48,6 +52,7 @@ _STATUS: dict[type[Exception], int] = {
     PayloadTooLarge: 413,
     NotReady: 503,
     WorkerUnavailable: 503,
+    InsufficientResources: 503,
     ModelFailure: 500,
     NosdError: 500,
 }

@@ -18,7 +18,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from nosd import hub
 from nosd.batcher import Batcher, Outputs
-from nosd.errors import BadRequest, ModelFailure, NosdError, WorkerUnavailable
+from nosd.errors import BadRequest, InsufficientResources, ModelFailure, NosdError, WorkerUnavailable
 from nosd.spec import ModelSpec
 from nosd.worker import Worker
 
@@ -113,8 +113,10 @@ class ModelManager:
         m.state, m.error = "loading", ""
         threads = spec.resources.threads or max(1, (os.cpu_count() or 1) // n)
         log.info("loading %s: %d replica(s) on %s, %d thread(s) each", spec.id, n, self.device, threads)
-        replicas = [RayReplica(spec, self.device, i, threads) for i in range(n)]
+        replicas: list[RayReplica] = []
         try:
+            await self._wait_for_resources(spec, n)
+            replicas = [RayReplica(spec, self.device, i, threads) for i in range(n)]
             await asyncio.gather(*(r.start() for r in replicas))
         except NosdError as e:
             for r in replicas:
@@ -126,6 +128,24 @@ class ModelManager:
         m.batcher = Batcher(m.replicas, spec.max_batch_size, spec.max_wait_ms, self.max_inflight)
         m.state = "ready"
         log.info("%s ready (pids %s)", spec.id, [r.info.get("pid") for r in replicas])
+
+    async def _wait_for_resources(self, spec: ModelSpec, n: int, patience_s: float = 10.0) -> None:
+        """Fail fast with a clear message instead of leaving an actor pending forever in Ray's queue."""
+        need = {"CPU": spec.resources.num_cpus * n}
+        if self.device == "cuda":
+            need["GPU"] = spec.resources.num_gpus * n
+        deadline = asyncio.get_running_loop().time() + patience_s
+        while True:
+            free = await asyncio.to_thread(ray.available_resources)  # lags a moment behind unloads: retry
+            short = {k: (v, free.get(k, 0.0)) for k, v in need.items() if free.get(k, 0.0) + 1e-6 < v}
+            if not short:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                detail = ", ".join(f"{k} {v:g} needed, {f:g} free" for k, (v, f) in short.items())
+                raise InsufficientResources(
+                    f"cannot place {n} replica(s) of {spec.id}: {detail}; unload a model or add Ray resources"
+                )
+            await asyncio.sleep(0.5)
 
     async def infer(self, model_id: str, inputs: dict[str, np.ndarray]) -> tuple[Outputs, dict[str, Any]]:
         m = await self.ensure(model_id)

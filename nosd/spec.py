@@ -42,9 +42,15 @@ class TensorSpec(BaseModel):
 
 
 class Resources(BaseModel):
-    """What one replica asks Ray for. ``threads`` None means: as many as its CPU share."""
+    """What one replica asks Ray for.
 
-    num_cpus: float = 1.0
+    ``num_cpus`` is a scheduling share, deliberately small: models on one node
+    share its cores (the memory budget, not CPU slots, bounds how many load).
+    ``threads`` is torch's real thread count; None means the node's cores
+    divided among the model's replicas.
+    """
+
+    num_cpus: float = 0.25
     num_gpus: float = 0.0
     threads: int | None = None
 

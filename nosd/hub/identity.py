@@ -26,6 +26,6 @@ SPECS = [
         max_batch_size=64,
         max_wait_ms=1.0,
         platform="python",
-        resources=Resources(num_cpus=0.5, threads=1),
+        resources=Resources(num_cpus=0.1, threads=1),
     )
 ]

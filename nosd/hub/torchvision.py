@@ -108,7 +108,7 @@ def _classifier(arch: str, max_batch_size: int) -> ModelSpec:
         max_batch_size=max_batch_size,
         max_wait_ms=5.0,
         weights=f"torchvision:{_weights_name(arch)}",
-        resources=Resources(num_cpus=1, threads=None),
+        resources=Resources(),
     )
 
 
@@ -141,6 +141,6 @@ SPECS = [_classifier(a, 16) for a in ("resnet18", "resnet50", "mobilenet_v3_larg
         max_batch_size=4,
         max_wait_ms=5.0,
         weights=f"torchvision:{_weights_name(_DET)}",
-        resources=Resources(num_cpus=1, threads=None),
+        resources=Resources(),
     )
 ]

@@ -1,0 +1,91 @@
+"""The batching rule, with in-process replicas that record what they were sent (the rule, not Ray, is under test)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from nosd.batcher import Batcher
+
+
+class Recorder:
+    def __init__(self, name: str = "r", delay: float = 0.05, fail: bool = False):
+        self.name, self.inflight, self.delay, self.fail = name, 0, delay, fail
+        self.batches: list[list[int]] = []
+
+    async def infer(self, requests):
+        self.batches.append([len(r["x"]) for r in requests])
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom")
+        return [{"y": r["x"] * 2} for r in requests], self.delay * 1e3
+
+
+def x(n: int, v: float = 1.0) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 2), v, np.float32)}
+
+
+async def test_an_idle_replica_gets_a_lone_request_at_once() -> None:
+    r = Recorder(delay=0.0)
+    b = Batcher([r], max_batch_size=8, max_wait_ms=500)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    out, params = await b.submit(x(1), 1)
+    assert loop.time() - t0 < 0.25, "an idle replica must not wait for max_wait_ms"
+    assert params["batch_size"] == 1 and r.batches == [[1]]
+    np.testing.assert_array_equal(out["y"], 2 * x(1)["x"])
+    await b.drain()
+
+
+async def test_requests_queued_while_busy_leave_as_one_batch_and_results_go_back_to_each() -> None:
+    r = Recorder(delay=0.1)
+    b = Batcher([r], max_batch_size=8, max_wait_ms=50, max_inflight=1)
+    first = asyncio.create_task(b.submit(x(1, 0.0), 1))
+    await asyncio.sleep(0.01)  # the first is computing now
+    results = [await first, *await asyncio.gather(*(b.submit(x(1, float(i)), 1) for i in range(1, 6)))]
+    assert r.batches == [[1], [1] * 5]  # the first went alone, the rest queued behind it and left together
+    for i, (out, params) in enumerate(results):
+        assert out["y"][0, 0] == 2 * i
+    assert results[-1][1]["batch_size"] == 5
+    await b.drain()
+
+
+async def test_a_batch_never_exceeds_max_batch_size_and_multi_sample_requests_count_as_many() -> None:
+    r = Recorder(delay=0.05)
+    b = Batcher([r], max_batch_size=4, max_wait_ms=10, max_inflight=1)
+    await asyncio.gather(*(b.submit(x(3), 3) for _ in range(4)), b.submit(x(9), 9))
+    assert all(sum(batch) <= 4 or len(batch) == 1 for batch in r.batches)
+    assert [9] in r.batches  # larger than the max: runs alone, never split
+    await b.drain()
+
+
+async def test_every_caller_of_a_failed_batch_gets_the_error() -> None:
+    r = Recorder(delay=0.05, fail=True)
+    b = Batcher([r], max_batch_size=8, max_wait_ms=10, max_inflight=1)
+    results = await asyncio.gather(*(b.submit(x(1), 1) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(e, RuntimeError) for e in results)
+    await b.drain()
+
+
+async def test_batches_spread_over_replicas_least_loaded_first() -> None:
+    a, c = Recorder("a", delay=0.1), Recorder("c", delay=0.1)
+    b = Batcher([a, c], max_batch_size=2, max_wait_ms=5, max_inflight=1)
+    results = await asyncio.gather(*(b.submit(x(1), 1) for _ in range(8)))
+    assert a.batches and c.batches
+    assert {p["replica"] for _, p in results} == {"a", "c"}
+    await b.drain()
+
+
+async def test_drain_finishes_queued_work_then_refuses_new_requests() -> None:
+    r = Recorder(delay=0.05)
+    b = Batcher([r], max_batch_size=2, max_wait_ms=5, max_inflight=1)
+    pending = [asyncio.create_task(b.submit(x(1), 1)) for _ in range(5)]
+    await asyncio.sleep(0)
+    await b.drain()
+    assert all(t.done() and not t.exception() for t in pending)
+    from nosd.errors import NotReady
+
+    with pytest.raises(NotReady):
+        await b.submit(x(1), 1)

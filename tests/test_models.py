@@ -1,0 +1,150 @@
+"""Real models through the real daemon: answers equal in-process torchvision, batched and not."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from nosclient import AsyncClient, Client, NosdError
+
+RESNET = "torchvision/resnet18"
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, (4, 240, 320, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def reference(torch_home, images) -> np.ndarray:
+    """In-process resnet18 with the very weights file the daemon loads, and weights.transforms()."""
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    model = torchvision.models.resnet18()
+    model.load_state_dict(torch.load(torch_home / "hub/checkpoints" / os.path.basename(weights.url)))
+    model.eval()
+    with torch.inference_mode():
+        x = weights.transforms()(torch.from_numpy(images).permute(0, 3, 1, 2))
+        return model(x).numpy()
+
+
+def test_resnet18_over_msgpack_equals_in_process_torchvision(daemon, images, reference) -> None:
+    with Client(daemon.url) as c:
+        out = c.infer(RESNET, {"images": images})
+    assert out["logits"].shape == (4, 1000) and out["logits"].dtype == np.float32
+    np.testing.assert_allclose(out["logits"], reference, rtol=1e-4, atol=1e-4)
+    categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    assert out["label"] == [categories[i].encode() for i in reference.argmax(1)]
+
+
+def test_resnet18_over_plain_json_equals_in_process(daemon, images, reference) -> None:
+    body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 240, 320, 3],
+                        "data": images[:1].reshape(-1).tolist()}], "outputs": [{"name": "logits"}]}
+    r = httpx.post(daemon.url + "/v2/models/" + RESNET + "/infer", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    (logits,) = r.json()["outputs"]
+    assert logits["name"] == "logits" and logits["shape"] == [1, 1000]
+    np.testing.assert_allclose(np.array(logits["data"]).reshape(1, 1000), reference[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_encoded_png_and_jpeg_decode_in_the_worker(daemon, images, reference) -> None:
+    chw = torch.from_numpy(images[0]).permute(2, 0, 1).contiguous()
+    png = torchvision.io.encode_png(chw).numpy().tobytes()
+    jpeg = torchvision.io.encode_jpeg(chw, quality=95).numpy().tobytes()
+    with Client(daemon.url) as c:
+        out = c.infer(RESNET, {"images": [png, jpeg]})["logits"]
+    np.testing.assert_allclose(out[0], reference[0], rtol=1e-4, atol=1e-4)  # PNG is lossless
+    assert np.corrcoef(out[1], reference[0])[0, 1] > 0.95  # JPEG is close, not equal
+
+
+async def test_32_concurrent_clients_are_batched_and_get_their_own_answers(daemon, images) -> None:
+    rng = np.random.default_rng(2)
+    batch = rng.integers(0, 256, (32, 1, 64, 64, 3), dtype=np.uint8)
+    with Client(daemon.url) as c:
+        alone = [c.infer(RESNET, {"images": b})["logits"] for b in batch]
+    async with AsyncClient(daemon.url) as ac:
+        results = await asyncio.gather(*(ac.infer_result(RESNET, {"images": b}) for b in batch))
+    sizes = [r.parameters["batch_size"] for r in results]
+    assert max(sizes) > 1, f"no batching happened: {sizes}"
+    for r, ref in zip(results, alone, strict=True):
+        np.testing.assert_allclose(r.outputs["logits"], ref, rtol=1e-3, atol=1e-3)
+
+
+def test_detector_returns_padded_boxes_with_counts(daemon, images) -> None:
+    with Client(daemon.url) as c:
+        out = c.infer("torchvision/fasterrcnn_mobilenet_v3_large_320_fpn", {"images": images[:2]})
+    n = out["num_detections"]
+    assert n.shape == (2,) and n.dtype == np.int32
+    k = out["boxes"].shape[1]
+    assert out["boxes"].shape == (2, k, 4) and out["scores"].shape == (2, k) and out["labels"].shape == (2, k)
+    assert k == n.max()
+    for i in range(2):
+        boxes = out["boxes"][i, : n[i]]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 320).all() and (boxes[:, 3] <= 240).all()
+        assert (out["boxes"][i, n[i]:] == 0).all()
+
+
+def test_custom_model_from_a_module_path(daemon) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with Client(daemon.url) as c:
+        out = c.infer("custom/scaler", {"x": x})
+        assert c.metadata("custom/scaler")["task"] == "custom"
+    np.testing.assert_array_equal(out["y"], x * 3)
+
+
+def test_a_failing_model_is_500_with_its_message_and_others_keep_serving(daemon) -> None:
+    with Client(daemon.url) as c:
+        with pytest.raises(NosdError, match="always fails") as e:
+            c.infer("custom/broken", {"x": np.zeros(2, np.float32)})
+        assert e.value.status == 500
+        assert c.infer("nosd/identity", {"x": np.ones(1, np.int8)})["y"].tolist() == [1]
+
+
+def test_missing_weights_name_the_path_and_how_to_get_them(daemon, torch_home) -> None:
+    with Client(daemon.url) as c:
+        with pytest.raises(NosdError) as e:
+            c.infer("torchvision/resnet50", {"images": np.zeros((1, 32, 32, 3), np.uint8)})
+        assert e.value.status == 500
+        assert str(torch_home / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in e.value.message
+        assert "download https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in e.value.message
+        assert c.metadata("torchvision/resnet50")["state"]["state"] == "failed"
+
+
+def test_a_killed_worker_fails_in_flight_requests_with_503_then_comes_back(daemon) -> None:
+    with Client(daemon.url) as c:
+        pid = int(c.infer("custom/sleeper", {"seconds": np.zeros(1, np.float32)})["pid"][0])
+
+        async def kill_soon() -> None:
+            await asyncio.sleep(1.0)
+            os.kill(pid, signal.SIGKILL)
+
+        async def in_flight() -> NosdError | None:
+            async with AsyncClient(daemon.url) as ac:
+                try:
+                    await ac.infer("custom/sleeper", {"seconds": np.full(1, 5, np.float32)})
+                except NosdError as e:
+                    return e
+            return None
+
+        async def both():
+            return (await asyncio.gather(in_flight(), kill_soon()))[0]
+
+        err = asyncio.run(both())
+        assert err is not None and err.status == 503 and "retry" in err.message
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                new_pid = int(c.infer("custom/sleeper", {"seconds": np.zeros(1, np.float32)})["pid"][0])
+                break
+            except NosdError as e:
+                assert e.status == 503 and time.monotonic() < deadline
+                time.sleep(0.5)
+        assert new_pid != pid
