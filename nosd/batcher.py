@@ -49,6 +49,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._turn = 0
         self._loop = asyncio.create_task(self._run())
 
     @property
@@ -68,8 +69,13 @@ class Batcher:
         return await item.future
 
     def _free_replica(self) -> Replica | None:
-        free = [r for r in self.replicas if r.inflight < self.max_inflight]
-        return min(free, key=lambda r: r.inflight) if free else None
+        """The least-loaded replica with a free slot; ties rotate so idle replicas share the work."""
+        best, n = None, len(self.replicas)
+        for i in range(n):
+            r = self.replicas[(self._turn + i) % n]
+            if r.inflight < self.max_inflight and (best is None or r.inflight < best.inflight):
+                best = r
+        return best
 
     def _take(self) -> list[Item]:
         """Pop the longest prefix of the queue that fits in one batch (at least one request)."""
@@ -105,6 +111,7 @@ class Batcher:
 
     def _dispatch(self, replica: Replica, batch: list[Item]) -> None:
         replica.inflight += 1
+        self._turn += 1
         task = asyncio.create_task(self._call(replica, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -23,15 +23,23 @@ log = logging.getLogger("nosd")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nosd", description="Serve PyTorch vision models over KServe v2 (msgpack/JSON).")
-    p.add_argument("--runtime", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="where workers run; auto = GPU when Ray sees one")
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="where workers run; auto = GPU when Ray sees one",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models", default="", help="comma-separated model ids to load before reporting ready")
-    p.add_argument("--model-module", action="append", default=[],
-                   help="a .py file or module defining custom models (repeatable)")
-    p.add_argument("--ray-address", default=None,
-                   help="join this Ray cluster (left running on exit); default: start an embedded local Ray")
+    p.add_argument(
+        "--model-module", action="append", default=[], help="a .py file or module defining custom models (repeatable)"
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (left running on exit); default: start an embedded local Ray",
+    )
     p.add_argument("--ray-cpus", type=float, default=None, help="CPUs of the embedded Ray (default: all cores)")
     p.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body accepted (413 above)")
     p.add_argument("--max-inflight", type=int, default=2, help="batches in flight per replica")
@@ -45,8 +53,9 @@ def start_ray(address: str | None, cpus: float | None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         # "local" forces a fresh embedded instance; the dashboard would cost ~1 GB and 10 processes here.
-        ray.init(address="local", include_dashboard=False, num_cpus=cpus, logging_level=logging.WARNING,
-                 log_to_driver=True)
+        ray.init(
+            address="local", include_dashboard=False, num_cpus=cpus, logging_level=logging.WARNING, log_to_driver=True
+        )
 
 
 def pick_device(runtime: str) -> str:
@@ -85,8 +94,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         for module in args.model_module:
             for spec in hub.load_module(module):

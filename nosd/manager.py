@@ -106,7 +106,25 @@ class ModelManager:
             if m.loading is None or m.loading.done():
                 m.loading = asyncio.create_task(self._load(m, replicas or 1))
             await asyncio.shield(m.loading)
+        elif replicas and replicas != len(m.replicas):
+            await self.scale(m, replicas)
         return m
+
+    async def scale(self, m: Model, n: int) -> None:
+        """Add or remove replicas of a loaded model; the batcher sees the shared list change."""
+        threads = m.spec.resources.threads or max(1, (os.cpu_count() or 1) // n)
+        if n > len(m.replicas):
+            await self._wait_for_resources(m.spec, n - len(m.replicas))
+            start = max((int(r.name.rsplit("#", 1)[1]) for r in m.replicas), default=-1) + 1
+            new = [RayReplica(m.spec, self.device, start + i, threads) for i in range(n - len(m.replicas))]
+            await asyncio.gather(*(r.start() for r in new))
+            m.replicas.extend(new)
+        while len(m.replicas) > n:
+            r = m.replicas.pop()
+            while r.inflight:
+                await asyncio.sleep(0.01)
+            r.kill()
+        log.info("%s scaled to %d replica(s)", m.spec.id, n)
 
     async def _load(self, m: Model, n: int) -> None:
         spec = m.spec
@@ -170,8 +188,7 @@ class ModelManager:
 
     def listing(self) -> list[dict[str, Any]]:
         return [
-            {"name": s.id, "task": s.task, "state": self.state(s.id), "platform": s.platform}
-            for s in hub.all_specs()
+            {"name": s.id, "task": s.task, "state": self.state(s.id), "platform": s.platform} for s in hub.all_specs()
         ]
 
     def describe(self, model_id: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nosclient.codec import datatype_of, decode_tensor, encode_tensor
+from nosclient.codec import decode_tensor, encode_tensor
 from nosd.errors import BadRequest
 from nosd.spec import ModelSpec, TensorSpec
 
@@ -28,11 +28,14 @@ class InferRequest:
 def _check_shape(spec: TensorSpec, arr: np.ndarray, datatype: str) -> None:
     if datatype == "BYTES":
         if arr.ndim != 1:
-            raise BadRequest(f"input '{spec.name}': BYTES must have shape [N] (one item per sample), got {list(arr.shape)}")
+            raise BadRequest(
+                f"input '{spec.name}': BYTES must have shape [N] (one item per sample), got {list(arr.shape)}"
+            )
         return
     if spec.shape is None:
         return
-    ok = len(spec.shape) == arr.ndim and all(want in (-1, got) for want, got in zip(spec.shape, arr.shape))
+    dims = zip(spec.shape, arr.shape, strict=False)
+    ok = len(spec.shape) == arr.ndim and all(want in (-1, got) for want, got in dims)
     if not ok:
         raise BadRequest(f"input '{spec.name}': shape {list(arr.shape)} does not match {spec.shape} (-1 = any size)")
 
@@ -62,7 +65,10 @@ def parse_infer(body: Any, spec: ModelSpec) -> InferRequest:
     outputs = body.get("outputs")
     names: list[str] | None = None
     if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        named = isinstance(outputs, list) and all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        )
+        if not named:
             raise BadRequest("'outputs' must be a list of maps with a 'name'")
         names = [o["name"] for o in outputs]
         known = {o.name for o in spec.outputs}
@@ -87,6 +93,3 @@ def infer_response(
         "outputs": [encode_tensor(name, outputs[name], binary) for name in wanted],
         "parameters": parameters,
     }
-
-
-__all__ = ["InferRequest", "datatype_of", "infer_response", "parse_infer"]

@@ -14,8 +14,14 @@ from nosclient.codec import DATATYPES
 
 NUMERIC = [d for d in DATATYPES if d != "BYTES"]
 Task = Literal[
-    "diagnostic", "image-classification", "object-detection", "segmentation", "embedding", "face-detection",
-    "ocr", "custom",
+    "diagnostic",
+    "image-classification",
+    "object-detection",
+    "segmentation",
+    "embedding",
+    "face-detection",
+    "ocr",
+    "custom",
 ]
 
 
@@ -37,8 +43,12 @@ class TensorSpec(BaseModel):
 
     def metadata(self) -> dict[str, Any]:
         """The v2 form: one datatype (the first, the preferred one) and -1 for variable dims."""
-        return {"name": self.name, "datatype": self.datatypes[0], "shape": self.shape or [-1],
-                "datatypes": self.datatypes}
+        return {
+            "name": self.name,
+            "datatype": self.datatypes[0],
+            "shape": self.shape or [-1],
+            "datatypes": self.datatypes,
+        }
 
 
 class Resources(BaseModel):

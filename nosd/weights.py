@@ -30,5 +30,5 @@ def torchvision_state_dict(weights: Any) -> dict[str, Any]:
         raise WeightsNotFound(hint)
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as e:  # noqa: BLE001 - any download failure means the same thing to the user
+    except Exception as e:
         raise WeightsNotFound(f"{hint}; the download failed: {e}") from None

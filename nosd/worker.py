@@ -99,7 +99,7 @@ class Worker:
         t0 = time.perf_counter()
         try:
             self.model = resolve(spec.entrypoint)(device, **spec.init_args)
-        except Exception as e:  # noqa: BLE001 - reported by ready()
+        except Exception as e:
             self.error = e
         self.info = {"pid": os.getpid(), "threads": threads, "load_s": round(time.perf_counter() - t0, 3)}
 

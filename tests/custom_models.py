@@ -12,8 +12,10 @@ class Scaler:
         id="custom/scaler",
         task="custom",
         inputs=[TensorSpec(name="x", datatypes=["FP32"], shape=[-1, 4])],
-        outputs=[TensorSpec(name="y", datatypes=["FP32"], shape=[-1, 4]),
-                 TensorSpec(name="pid", datatypes=["INT64"], shape=[-1])],
+        outputs=[
+            TensorSpec(name="y", datatypes=["FP32"], shape=[-1, 4]),
+            TensorSpec(name="pid", datatypes=["INT64"], shape=[-1]),
+        ],
         entrypoint="",  # filled in by registration: this file's path and the class name
         init_args={"factor": 3.0},
         max_batch_size=8,

@@ -46,7 +46,7 @@ async def test_requests_queued_while_busy_leave_as_one_batch_and_results_go_back
     await asyncio.sleep(0.01)  # the first is computing now
     results = [await first, *await asyncio.gather(*(b.submit(x(1, float(i)), 1) for i in range(1, 6)))]
     assert r.batches == [[1], [1] * 5]  # the first went alone, the rest queued behind it and left together
-    for i, (out, params) in enumerate(results):
+    for i, (out, _params) in enumerate(results):
         assert out["y"][0, 0] == 2 * i
     assert results[-1][1]["batch_size"] == 5
     await b.drain()

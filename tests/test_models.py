@@ -46,8 +46,12 @@ def test_resnet18_over_msgpack_equals_in_process_torchvision(daemon, images, ref
 
 
 def test_resnet18_over_plain_json_equals_in_process(daemon, images, reference) -> None:
-    body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 240, 320, 3],
-                        "data": images[:1].reshape(-1).tolist()}], "outputs": [{"name": "logits"}]}
+    body = {
+        "inputs": [
+            {"name": "images", "datatype": "UINT8", "shape": [1, 240, 320, 3], "data": images[:1].reshape(-1).tolist()}
+        ],
+        "outputs": [{"name": "logits"}],
+    }
     r = httpx.post(daemon.url + "/v2/models/" + RESNET + "/infer", json=body, timeout=120)
     assert r.status_code == 200, r.text
     (logits,) = r.json()["outputs"]
@@ -89,7 +93,7 @@ def test_detector_returns_padded_boxes_with_counts(daemon, images) -> None:
     for i in range(2):
         boxes = out["boxes"][i, : n[i]]
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 320).all() and (boxes[:, 3] <= 240).all()
-        assert (out["boxes"][i, n[i]:] == 0).all()
+        assert (out["boxes"][i, n[i] :] == 0).all()
 
 
 def test_custom_model_from_a_module_path(daemon) -> None:

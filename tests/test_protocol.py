@@ -24,8 +24,14 @@ def test_health_and_server_metadata(daemon) -> None:
 
 def test_models_lists_the_hub_with_task_and_state(daemon) -> None:
     models = {m["name"]: m for m in httpx.get(daemon.url + "/v2/models").json()["models"]}
-    for name in ("nosd/identity", "torchvision/resnet18", "torchvision/resnet50", "torchvision/mobilenet_v3_large",
-                 "torchvision/efficientnet_b0", "torchvision/fasterrcnn_mobilenet_v3_large_320_fpn"):
+    for name in (
+        "nosd/identity",
+        "torchvision/resnet18",
+        "torchvision/resnet50",
+        "torchvision/mobilenet_v3_large",
+        "torchvision/efficientnet_b0",
+        "torchvision/fasterrcnn_mobilenet_v3_large_320_fpn",
+    ):
         assert name in models
     assert models["nosd/identity"]["state"] == "ready"
     assert models["torchvision/resnet18"]["task"] == "image-classification"
@@ -34,8 +40,12 @@ def test_models_lists_the_hub_with_task_and_state(daemon) -> None:
 def test_model_metadata_with_a_slash_in_the_name(daemon) -> None:
     meta = httpx.get(daemon.url + "/v2/models/torchvision/resnet18").json()
     assert meta["name"] == "torchvision/resnet18" and meta["platform"] == "pytorch"
-    assert meta["inputs"][0] == {"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3],
-                                 "datatypes": ["UINT8", "BYTES"]}
+    assert meta["inputs"][0] == {
+        "name": "images",
+        "datatype": "UINT8",
+        "shape": [-1, -1, -1, 3],
+        "datatypes": ["UINT8", "BYTES"],
+    }
     assert {o["name"] for o in meta["outputs"]} == {"logits", "label"}
     assert meta["max_batch_size"] >= 1
     assert httpx.get(daemon.url + "/v2/models/nosd/identity/ready").status_code == 200
@@ -63,8 +73,7 @@ def test_plain_json_v2_request_gets_a_json_response(daemon) -> None:
 
 def test_accept_header_picks_the_response_encoding(daemon) -> None:
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2.5]}]}
-    r = httpx.post(daemon.url + "/v2/models/nosd/identity/infer", json=body,
-                   headers={"Accept": "application/msgpack"})
+    r = httpx.post(daemon.url + "/v2/models/nosd/identity/infer", json=body, headers={"Accept": "application/msgpack"})
     assert r.headers["content-type"].startswith("application/msgpack")
     out = msgpack.unpackb(r.content)["outputs"][0]
     assert np.frombuffer(out["data"], "<f4").tolist() == [1.5, 2.5]
@@ -123,14 +132,16 @@ def test_unknown_model_is_404_on_every_route(daemon) -> None:
 
 def test_body_over_the_limit_is_413(daemon) -> None:
     big = np.zeros((1, 9 * 2**20), np.uint8)  # the shared daemon runs with --max-body-mb 8
-    body = msgpack.packb({"inputs": [{"name": "x", "datatype": "UINT8", "shape": list(big.shape),
-                                      "data": big.tobytes()}]})
+    body = msgpack.packb(
+        {"inputs": [{"name": "x", "datatype": "UINT8", "shape": list(big.shape), "data": big.tobytes()}]}
+    )
     r = _post(daemon, body)
     assert r.status_code == 413 and "--max-body-mb" in msgpack.unpackb(r.content)["error"]
     assert _post(daemon, _mp(X)).status_code == 200
 
 
 def test_json_error_body_is_v2_shaped(daemon) -> None:
-    r = httpx.post(daemon.url + "/v2/models/nosd/identity/infer", content=b"[1]",
-                   headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        daemon.url + "/v2/models/nosd/identity/infer", content=b"[1]", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and set(json.loads(r.content)) == {"error"}

@@ -67,9 +67,7 @@ def decode_tensor(t: Any) -> tuple[str, np.ndarray]:
         raise TensorError("tensor is missing its 'name' (a non-empty string)")
     datatype = t.get("datatype")
     if datatype not in DATATYPES:
-        raise TensorError(
-            f"tensor '{name}': unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
-        )
+        raise TensorError(f"tensor '{name}': unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
     shape = _shape(t.get("shape"), name)
     if "data" not in t:
         raise TensorError(f"tensor '{name}' has no 'data'")

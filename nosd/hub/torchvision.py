@@ -130,8 +130,12 @@ SPECS = [_classifier(a, 16) for a in ("resnet18", "resnet50", "mobilenet_v3_larg
         description="torchvision Faster R-CNN MobileNetV3-Large 320 FPN, COCO",
         inputs=[IMAGES],
         outputs=[
-            TensorSpec(name="boxes", datatypes=["FP32"], shape=[-1, -1, 4],
-                       description="x1,y1,x2,y2 in input pixels; rows past num_detections are zero padding"),
+            TensorSpec(
+                name="boxes",
+                datatypes=["FP32"],
+                shape=[-1, -1, 4],
+                description="x1,y1,x2,y2 in input pixels; rows past num_detections are zero padding",
+            ),
             TensorSpec(name="scores", datatypes=["FP32"], shape=[-1, -1]),
             TensorSpec(name="labels", datatypes=["INT64"], shape=[-1, -1], description="COCO category ids"),
             TensorSpec(name="num_detections", datatypes=["INT32"], shape=[-1]),
