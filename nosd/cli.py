@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-cpus", type=float, default=None, help="CPUs of the embedded Ray (default: all cores)")
     p.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body accepted (413 above)")
     p.add_argument("--max-inflight", type=int, default=2, help="batches in flight per replica")
+    p.add_argument("--no-compiled-graph", dest="compiled", action="store_false",
+                   help="call workers with plain Ray actor calls instead of Ray Compiled Graphs")
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -67,7 +69,7 @@ def pick_device(runtime: str) -> str:
 
 async def serve(args: argparse.Namespace) -> None:
     device = pick_device(args.runtime)
-    manager = ModelManager(device, max_inflight=args.max_inflight)
+    manager = ModelManager(device, max_inflight=args.max_inflight, compiled=args.compiled)
     app = make_app(manager, int(args.max_body_mb * 2**20))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=args.grace_s)
     await runner.setup()

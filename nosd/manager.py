@@ -14,64 +14,15 @@ from typing import Any, Literal
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
 
 from nosd import hub
 from nosd.batcher import Batcher, Outputs
-from nosd.errors import BadRequest, InsufficientResources, ModelFailure, NosdError, WorkerUnavailable
+from nosd.errors import BadRequest, InsufficientResources, NosdError
+from nosd.replica import RayReplica
 from nosd.spec import ModelSpec
-from nosd.worker import Worker
 
 log = logging.getLogger("nosd.manager")
 State = Literal["unloaded", "loading", "ready", "failed"]
-
-
-def _unwrap(e: Exception) -> NosdError:
-    """Ray's wrappers -> our errors: a dead actor is retryable (503), a model exception is a 500."""
-    if isinstance(e, RayTaskError):
-        cause = e.cause if isinstance(e.cause, Exception) else None
-        if isinstance(cause, NosdError):
-            return cause
-        return ModelFailure(f"model raised {type(cause).__name__ if cause else 'an error'}: {cause or e}")
-    if isinstance(e, RayActorError):
-        return WorkerUnavailable("the model's worker died and is being restarted; retry the request")
-    return ModelFailure(str(e))
-
-
-class RayReplica:
-    """One Ray actor holding the model. Ray restarts it if its process dies (``max_restarts``)."""
-
-    def __init__(self, spec: ModelSpec, device: str, index: int, threads: int):
-        self.name = f"{spec.id}#{index}"
-        self.inflight = 0
-        res = spec.resources
-        self.actor = (
-            ray.remote(Worker)
-            .options(
-                num_cpus=res.num_cpus,
-                num_gpus=res.num_gpus if device == "cuda" else 0,
-                max_restarts=-1,
-                max_task_retries=0,
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
-            )
-            .remote(spec, device, threads)
-        )
-        self.info: dict[str, Any] = {}
-
-    async def start(self) -> None:
-        try:
-            self.info = await self.actor.ready.remote()
-        except Exception as e:
-            raise _unwrap(e) from None
-
-    async def infer(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
-        try:
-            return await self.actor.infer.remote(requests)
-        except Exception as e:
-            raise _unwrap(e) from None
-
-    def kill(self) -> None:
-        ray.kill(self.actor, no_restart=True)
 
 
 @dataclass
@@ -85,9 +36,10 @@ class Model:
 
 
 class ModelManager:
-    def __init__(self, device: Literal["cpu", "cuda"], max_inflight: int = 2):
+    def __init__(self, device: Literal["cpu", "cuda"], max_inflight: int = 2, compiled: bool = True):
         self.device = device
         self.max_inflight = max_inflight
+        self.compiled = compiled
         self.models: dict[str, Model] = {}
 
     def _model(self, model_id: str) -> Model:
@@ -115,8 +67,8 @@ class ModelManager:
         threads = m.spec.resources.threads or max(1, (os.cpu_count() or 1) // n)
         if n > len(m.replicas):
             await self._wait_for_resources(m.spec, n - len(m.replicas))
-            start = max((int(r.name.rsplit("#", 1)[1]) for r in m.replicas), default=-1) + 1
-            new = [RayReplica(m.spec, self.device, start + i, threads) for i in range(n - len(m.replicas))]
+            start = max((r.index for r in m.replicas), default=-1) + 1
+            new = [self._replica(m.spec, start + i, threads) for i in range(n - len(m.replicas))]
             await asyncio.gather(*(r.start() for r in new))
             m.replicas.extend(new)
         while len(m.replicas) > n:
@@ -134,7 +86,7 @@ class ModelManager:
         replicas: list[RayReplica] = []
         try:
             await self._wait_for_resources(spec, n)
-            replicas = [RayReplica(spec, self.device, i, threads) for i in range(n)]
+            replicas = [self._replica(spec, i, threads) for i in range(n)]
             await asyncio.gather(*(r.start() for r in replicas))
         except NosdError as e:
             for r in replicas:
@@ -146,6 +98,9 @@ class ModelManager:
         m.batcher = Batcher(m.replicas, spec.max_batch_size, spec.max_wait_ms, self.max_inflight)
         m.state = "ready"
         log.info("%s ready (pids %s)", spec.id, [r.info.get("pid") for r in replicas])
+
+    def _replica(self, spec: ModelSpec, index: int, threads: int) -> RayReplica:
+        return RayReplica(spec, self.device, index, threads, self.max_inflight, self.compiled)
 
     async def _wait_for_resources(self, spec: ModelSpec, n: int, patience_s: float = 10.0) -> None:
         """Fail fast with a clear message instead of leaving an actor pending forever in Ray's queue."""
