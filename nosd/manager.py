@@ -36,7 +36,7 @@ class Model:
 
 
 class ModelManager:
-    def __init__(self, device: Literal["cpu", "cuda"], max_inflight: int = 2, compiled: bool = True):
+    def __init__(self, device: Literal["cpu", "cuda"], max_inflight: int = 2, compiled: bool = False):
         self.device = device
         self.max_inflight = max_inflight
         self.compiled = compiled

@@ -1,8 +1,10 @@
-"""One replica: a Ray actor holding the model, called through a Ray Compiled Graph.
+"""One replica: a Ray actor holding the model, called by plain actor calls or a Ray Compiled Graph.
 
 A plain Ray actor call costs ~1.5-2 ms here; a compiled graph (shared-memory
-channels, no per-call scheduling) ~0.4 ms, which is what lets a tiny request
-round-trip in about a millisecond. Compiled graphs shut down on a system error
+channels, no per-call scheduling) ~0.4 ms. But in Ray 2.60 its channel readers
+busy-poll: after the first call, two threads per replica spin at 100% CPU even
+when idle, which halves resnet18 throughput on a 2-core machine. So compiled
+graphs are opt-in (``--compiled-graph``). Compiled graphs shut down on a system error
 (the worker process died), and executions still in flight then never resolve,
 so this class watches the actor itself (a plain call every second while work
 is in flight), fails those executions, waits for Ray to restart the actor and

@@ -94,6 +94,7 @@ class Worker:
         import torch
 
         torch.set_num_threads(threads)
+        self.threads = threads
         self.model: Any = None
         self.error: Exception | None = None
         t0 = time.perf_counter()
@@ -116,6 +117,8 @@ class Worker:
         import torch
 
         t0 = time.perf_counter()
+        if torch.get_num_threads() != self.threads:  # a compiled graph calls from its own thread
+            torch.set_num_threads(self.threads)
         batch, counts = collate(requests)
         with torch.inference_mode():
             outputs = self.model(batch)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import start_daemon
 from nosclient import AsyncClient, Client, NosdError
 
 RESNET = "torchvision/resnet18"
@@ -122,7 +123,27 @@ def test_missing_weights_name_the_path_and_how_to_get_them(daemon, torch_home) -
         assert c.metadata("torchvision/resnet50")["state"]["state"] == "failed"
 
 
-def test_a_killed_worker_fails_in_flight_requests_with_503_then_comes_back(daemon) -> None:
+@pytest.fixture(scope="module")
+def compiled_daemon(tmp_path_factory):
+    """A second daemon whose replicas are called through Ray Compiled Graphs (--compiled-graph)."""
+    d = start_daemon(tmp_path_factory.mktemp("compiled"), "--compiled-graph", "--models", "nosd/identity")
+    yield d
+    assert d.stop() == 0, d.log.read_text()[-3000:]
+
+
+def test_compiled_graph_calls_return_the_same_answers(compiled_daemon) -> None:
+    x = np.random.default_rng(3).standard_normal((3, 5)).astype(np.float32)
+    with Client(compiled_daemon.url) as c:
+        for _ in range(5):
+            np.testing.assert_array_equal(c.infer("nosd/identity", {"x": x})["y"], x)
+        with pytest.raises(NosdError, match="always fails"):  # an application error keeps the graph usable
+            c.infer("custom/broken", {"x": x[0]})
+        np.testing.assert_array_equal(c.infer("nosd/identity", {"x": x})["y"], x)
+
+
+@pytest.mark.parametrize("which", ["daemon", "compiled_daemon"])
+def test_a_killed_worker_fails_in_flight_requests_with_503_then_comes_back(request, which: str) -> None:
+    daemon = request.getfixturevalue(which)
     with Client(daemon.url) as c:
         pid = int(c.infer("custom/sleeper", {"seconds": np.zeros(1, np.float32)})["pid"][0])
 
