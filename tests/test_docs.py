@@ -1,0 +1,26 @@
+"""The protocol document's examples run as written against a real daemon."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import ROOT
+
+
+def _block(lang: str) -> str:
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    return re.search(rf"```{lang}\n(.*?)```", text, re.S).group(1)
+
+
+def test_python_msgpack_example_runs(daemon) -> None:
+    code = _block("python").replace("http://127.0.0.1:8000", daemon.url)
+    scope: dict = {}
+    exec(compile(code, "protocol.md", "exec"), scope)
+    assert scope["y"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_curl_json_example_runs(daemon) -> None:
+    cmd = _block("bash").replace("http://127.0.0.1:8000", daemon.url).replace("\\\n", " ")
+    out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30, check=True).stdout
+    assert '"data":[1,2,3,4]' in out
