@@ -43,9 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-cpus", type=float, default=None, help="CPUs of the embedded Ray (default: all cores)")
     p.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body accepted (413 above)")
     p.add_argument("--max-inflight", type=int, default=2, help="batches in flight per replica")
-    p.add_argument("--compiled-graph", dest="compiled", action="store_true",
-                   help="call workers through Ray Compiled Graphs: ~1 ms less per call, but Ray 2.60's channels "
-                        "busy-poll (about 2 cores per replica at 100%%, even idle); see docs/performance.md")
+    p.add_argument(
+        "--compiled-graph",
+        dest="compiled",
+        action="store_true",
+        help="call workers through Ray Compiled Graphs: ~1 ms less per call, but Ray 2.60's channels "
+        "busy-poll (about 2 cores per replica at 100%%, even idle); see docs/performance.md",
+    )
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)

@@ -159,4 +159,3 @@ class RayReplica:
                 log.debug("teardown: %s", e)
             self._graph = None
         ray.kill(self.actor, no_restart=True)
-
