@@ -17,23 +17,21 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 from nosd.errors import NotReady
 
-Outputs = dict[str, np.ndarray]
+Outputs = dict[str, Any]
 
 
 class Replica(Protocol):
     name: str
     inflight: int
 
-    async def infer(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]: ...
+    async def infer(self, works: list[Any]) -> tuple[list[Outputs | BaseException], float]: ...
 
 
 @dataclass
 class Item:
-    inputs: dict[str, np.ndarray]
+    work: Any  # what the worker gets for this request (opaque here)
     n: int
     future: asyncio.Future[tuple[Outputs, dict[str, Any]]]
     enqueued: float = field(default_factory=time.perf_counter)
@@ -60,10 +58,10 @@ class Batcher:
     def inflight(self) -> int:
         return sum(r.inflight for r in self.replicas)
 
-    async def submit(self, inputs: dict[str, np.ndarray], n: int) -> tuple[Outputs, dict[str, Any]]:
+    async def submit(self, work: Any, n: int) -> tuple[Outputs, dict[str, Any]]:
         if self._closing:
             raise NotReady("model is unloading; retry after it is loaded again")
-        item = Item(inputs, n, asyncio.get_running_loop().create_future())
+        item = Item(work, n, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._wake.set()
         return await item.future
@@ -119,7 +117,7 @@ class Batcher:
     async def _call(self, replica: Replica, batch: list[Item]) -> None:
         started = time.perf_counter()
         try:
-            outputs, compute_ms = await replica.infer([it.inputs for it in batch])
+            outputs, compute_ms = await replica.infer([it.work for it in batch])
         except Exception as e:  # every caller of a failed batch gets the error
             for it in batch:
                 if not it.future.done():
@@ -127,7 +125,11 @@ class Batcher:
         else:
             size = sum(it.n for it in batch)
             for it, out in zip(batch, outputs, strict=True):
-                if not it.future.done():
+                if it.future.done():
+                    continue
+                if isinstance(out, BaseException):  # this request alone failed (e.g. its shared memory)
+                    it.future.set_exception(out)
+                else:
                     params = {
                         "batch_size": size,
                         "queue_ms": round((started - it.enqueued) * 1e3, 3),

@@ -16,7 +16,7 @@ from aiohttp import web
 from nosd import hub
 from nosd.errors import NosdError
 from nosd.manager import ModelManager
-from nosd.server import READY, make_app
+from nosd.server import READY, make_app, sweep_regions
 
 log = logging.getLogger("nosd")
 
@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ray-cpus", type=float, default=None, help="CPUs of the embedded Ray (default: all cores)")
     p.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body accepted (413 above)")
+    p.add_argument("--no-shm", dest="shm", action="store_false",
+                   help="disable the v2 system shared-memory extension")
     p.add_argument("--max-inflight", type=int, default=2, help="batches in flight per replica")
     p.add_argument(
         "--compiled-graph",
@@ -75,13 +77,14 @@ def pick_device(runtime: str) -> str:
 async def serve(args: argparse.Namespace) -> None:
     device = pick_device(args.runtime)
     manager = ModelManager(device, max_inflight=args.max_inflight, compiled=args.compiled)
-    app = make_app(manager, int(args.max_body_mb * 2**20))
+    app = make_app(manager, int(args.max_body_mb * 2**20), shm=args.shm)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=args.grace_s)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024)
     await site.start()
     log.info("listening on http://%s:%d (runtime %s)", args.host, args.port, device)
 
+    sweeper = asyncio.create_task(sweep_regions(app)) if args.shm else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,6 +98,8 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         log.info("shutting down: draining requests")
         app[READY]["ready"] = False
+        if sweeper:
+            sweeper.cancel()
         await runner.cleanup()  # stops listening, waits for in-flight handlers up to --grace-s
         await manager.close()
 

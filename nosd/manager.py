@@ -19,7 +19,9 @@ from nosd import hub
 from nosd.batcher import Batcher, Outputs
 from nosd.errors import BadRequest, InsufficientResources, NosdError
 from nosd.replica import RayReplica
+from nosd.shm import ShmRef
 from nosd.spec import ModelSpec
+from nosd.worker import Work
 
 log = logging.getLogger("nosd.manager")
 State = Literal["unloaded", "loading", "ready", "failed"]
@@ -120,11 +122,15 @@ class ModelManager:
                 )
             await asyncio.sleep(0.5)
 
-    async def infer(self, model_id: str, inputs: dict[str, np.ndarray]) -> tuple[Outputs, dict[str, Any]]:
+    async def infer(self, model_id: str, work: Work) -> tuple[Outputs, dict[str, Any]]:
+        n = _batch_len(work.inputs)
         m = await self.ensure(model_id)
-        n = _batch_len(inputs)
         assert m.batcher is not None
-        return await m.batcher.submit(inputs, n)
+        return await m.batcher.submit(work, n)
+
+    async def forget_segment(self, key: str) -> None:
+        """A region was unregistered: every replica unmaps its segment."""
+        await asyncio.gather(*(r.forget(key) for m in self.models.values() for r in m.replicas))
 
     async def unload(self, model_id: str) -> None:
         m = self._model(model_id)
@@ -159,8 +165,9 @@ class ModelManager:
         return meta
 
 
-def _batch_len(inputs: dict[str, np.ndarray]) -> int:
-    sizes = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+def _batch_len(inputs: dict[str, np.ndarray | ShmRef]) -> int:
+    shapes = [a.shape or () for a in inputs.values()]
+    sizes = {s[0] if len(s) else -1 for s in shapes}
     if -1 in sizes:
         raise BadRequest("every input needs a leading batch dimension (shape [N, ...])")
     if len(sizes) != 1:

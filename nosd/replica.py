@@ -17,16 +17,15 @@ import asyncio
 import logging
 from typing import Any
 
-import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from nosd.errors import ModelFailure, NosdError, WorkerUnavailable
 from nosd.spec import ModelSpec
-from nosd.worker import Worker
+from nosd.worker import Work, Worker
 
 log = logging.getLogger("nosd.replica")
-Outputs = dict[str, np.ndarray]
+Outputs = dict[str, Any]
 DIED = "the model's worker died and is being restarted; retry the request"
 
 
@@ -99,7 +98,7 @@ class RayReplica:
                     log.warning("%s: worker is gone (%s)", self.name, type(e).__name__)
                     self._break()
 
-    async def infer(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+    async def infer(self, requests: list[Work]) -> tuple[list[Outputs | BaseException], float]:
         if self._recovery is not None:
             await asyncio.shield(self._recovery)
         try:
@@ -115,7 +114,7 @@ class RayReplica:
             self._break()
             raise WorkerUnavailable(DIED) from None
 
-    async def _graph_call(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+    async def _graph_call(self, requests: list[Work]) -> tuple[list[Outputs | BaseException], float]:
         broken = self._broken
         assert broken is not None
         ref = await self._graph.execute_async(requests)
@@ -148,6 +147,12 @@ class RayReplica:
             log.error("%s did not come back: %s", self.name, e)
         finally:
             self._recovery = None
+
+    async def forget(self, key: str) -> None:
+        try:
+            await self.actor.forget.remote(key)
+        except Exception as e:  # a dead worker holds no mapping
+            log.debug("%s: forget %s: %s", self.name, key, e)
 
     def kill(self) -> None:
         if self._broken and not self._broken.done():

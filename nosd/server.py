@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from aiohttp import web
 
-from nosclient.codec import JSON, MSGPACK, content_type_of, dumps, loads
+from nosclient.codec import BINARY_HEADER, JSON, MSGPACK, content_type_of, dumps, loads
 from nosd import __version__, hub
 from nosd.errors import BadRequest, NosdError, NotReady, PayloadTooLarge, status_of
 from nosd.manager import ModelManager
-from nosd.protocol import infer_response, parse_infer
+from nosd.protocol import decode_body, encode_response, parse_infer
+from nosd.shm import Registry
 
 log = logging.getLogger("nosd.server")
 MANAGER = web.AppKey("manager", ModelManager)
 READY = web.AppKey("ready", dict)
 MAX_BODY = web.AppKey("max_body", int)
-EXTENSIONS = ["model_repository", "msgpack"]
+SHM = web.AppKey("shm", Registry)
+EXTENSIONS = ["model_repository", "binary_tensor_data", "msgpack"]
 
 
 def _reply_type(request: web.Request) -> str:
@@ -82,7 +85,8 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return reply(request, {"name": "nosd", "version": __version__, "extensions": EXTENSIONS})
+    extensions = EXTENSIONS + (["system_shared_memory"] if SHM in request.app else [])
+    return reply(request, {"name": "nosd", "version": __version__, "extensions": extensions})
 
 
 async def models(request: web.Request) -> web.Response:
@@ -103,9 +107,34 @@ async def model_ready(request: web.Request) -> web.Response:
 async def infer(request: web.Request) -> web.Response:
     manager = _manager(request)
     spec = hub.get(request.match_info["name"])
-    req = parse_infer(await _body(request), spec)
-    outputs, params = await manager.infer(spec.id, req.inputs)
-    return reply(request, infer_response(spec, req, outputs, params, _reply_type(request) == MSGPACK))
+    raw = await request.read()
+    body = decode_body(raw, content_type_of(request.headers.get("Content-Type")), request.headers.get(BINARY_HEADER))
+    req = parse_infer(body, spec, request.app.get(SHM))
+    outputs, params = await manager.infer(spec.id, req.work)
+    data, ctype, headers = encode_response(spec, req, outputs, params, _reply_type(request))
+    return web.Response(body=data, content_type=ctype, headers=headers)
+
+
+def _registry(request: web.Request) -> Registry:
+    if SHM not in request.app:
+        raise BadRequest("the system shared-memory extension is disabled on this server (--no-shm)")
+    return request.app[SHM]
+
+
+async def shm_status(request: web.Request) -> web.Response:
+    return reply(request, _registry(request).status(request.match_info.get("region")))
+
+
+async def shm_register(request: web.Request) -> web.Response:
+    region = _registry(request).register(request.match_info["region"], await _body(request))
+    log.info("registered shared-memory region %s -> %s", region.name, region.key)
+    return reply(request, {})
+
+
+async def shm_unregister(request: web.Request) -> web.Response:
+    for region in _registry(request).unregister(request.match_info.get("region")):
+        await request.app[MANAGER].forget_segment(region.key)
+    return reply(request, {})
 
 
 async def load(request: web.Request) -> web.Response:
@@ -133,9 +162,11 @@ async def repository_index(request: web.Request) -> web.Response:
     return reply(request, request.app[MANAGER].listing())
 
 
-def make_app(manager: ModelManager, max_body_bytes: int) -> web.Application:
+def make_app(manager: ModelManager, max_body_bytes: int, shm: bool = True) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
     app[MANAGER] = manager
+    if shm:
+        app[SHM] = Registry()
     app[READY] = {"ready": False}
     app[MAX_BODY] = max_body_bytes
     name = "{name:.+}"
@@ -149,4 +180,19 @@ def make_app(manager: ModelManager, max_body_bytes: int) -> web.Application:
     app.router.add_post("/v2/repository/index", repository_index)
     app.router.add_post(f"/v2/repository/models/{name}/load", load)
     app.router.add_post(f"/v2/repository/models/{name}/unload", unload)
+    region = "/v2/systemsharedmemory/region/{region}"
+    app.router.add_get("/v2/systemsharedmemory/status", shm_status)
+    app.router.add_get(region + "/status", shm_status)
+    app.router.add_post(region + "/register", shm_register)
+    app.router.add_post(region + "/unregister", shm_unregister)
+    app.router.add_post("/v2/systemsharedmemory/unregister", shm_unregister)
     return app
+
+
+async def sweep_regions(app: web.Application, every_s: float = 1.0) -> None:
+    """Drop registrations whose segment is gone (a killed client's reaper unlinked it) and unmap them."""
+    while True:
+        await asyncio.sleep(every_s)
+        for region in app[SHM].vanished():
+            log.info("shared-memory region %s: segment %s vanished; unregistered", region.name, region.key)
+            await app[MANAGER].forget_segment(region.key)

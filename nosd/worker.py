@@ -12,14 +12,31 @@ import importlib.util
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nosd.errors import BadRequest
+from nosd.shm import Mappings, ShmRef, ShmWritten
 from nosd.spec import ModelSpec
 
 Batch = dict[str, "np.ndarray | list[np.ndarray]"]
+
+
+@dataclass
+class Work:
+    """One request as the worker sees it: inputs as arrays or shared-memory references, where outputs go."""
+
+    inputs: dict[str, np.ndarray | ShmRef]
+    wanted: list[str] | None = None  # None: every output
+    out_refs: dict[str, ShmRef] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        first = next(iter(self.inputs.values()))
+        return first.shape[0] if isinstance(first, np.ndarray) else (first.shape or (0,))[0]
 
 
 def resolve(entrypoint: str) -> Any:
@@ -95,6 +112,7 @@ class Worker:
 
         torch.set_num_threads(threads)
         self.threads = threads
+        self.shm = Mappings()
         self.model: Any = None
         self.error: Exception | None = None
         t0 = time.perf_counter()
@@ -113,13 +131,39 @@ class Worker:
         """A plain call the replica's watchdog uses to see the process is alive."""
         return os.getpid()
 
-    def infer(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[dict[str, np.ndarray]], float]:
+    def infer(self, works: list[Work]) -> tuple[list[dict[str, Any] | BadRequest], float]:
+        """Run one batch; a request whose shared memory is unusable gets its own error, the rest still run."""
         import torch
 
         t0 = time.perf_counter()
         if torch.get_num_threads() != self.threads:  # a compiled graph calls from its own thread
             torch.set_num_threads(self.threads)
-        batch, counts = collate(requests)
-        with torch.inference_mode():
-            outputs = self.model(batch)
-        return split(outputs, counts), (time.perf_counter() - t0) * 1e3
+        results: list[dict[str, Any] | BadRequest] = [BadRequest("not run")] * len(works)
+        ready: list[tuple[int, dict[str, np.ndarray]]] = []
+        for i, w in enumerate(works):
+            try:
+                ready.append((i, {k: self.shm.read(v) if isinstance(v, ShmRef) else v for k, v in w.inputs.items()}))
+            except BadRequest as e:
+                results[i] = e
+        if ready:
+            batch, counts = collate([inputs for _, inputs in ready])
+            with torch.inference_mode():
+                outputs = self.model(batch)
+            for (i, _), out in zip(ready, split(outputs, counts), strict=True):
+                results[i] = self._place(works[i], out)
+        return results, (time.perf_counter() - t0) * 1e3
+
+    def _place(self, work: Work, out: dict[str, np.ndarray]) -> dict[str, Any] | BadRequest:
+        """Keep the requested outputs; write those bound to shared memory straight into their regions."""
+        placed: dict[str, np.ndarray | ShmWritten] = {}
+        try:
+            for name in work.wanted or list(out):
+                ref = work.out_refs.get(name)
+                placed[name] = self.shm.write(ref, out[name], name) if ref else out[name]
+        except BadRequest as e:
+            return e
+        return placed
+
+    def forget(self, key: str) -> None:
+        """Unmap a segment whose region was unregistered."""
+        self.shm.forget(key)

@@ -117,8 +117,7 @@ def encode_tensor(name: str, arr: np.ndarray, binary: bool) -> dict[str, Any]:
         items = [x if isinstance(x, bytes) else str(x).encode() for x in arr.reshape(-1)]
         data: Any = items if binary else [x.decode("utf-8", "replace") for x in items]
     elif binary:
-        flat = np.ascontiguousarray(arr.reshape(-1), dtype=arr.dtype.newbyteorder("<"))
-        data = memoryview(flat).cast("B")  # no copy for a contiguous little-endian array
+        data = raw_bytes(arr)  # no copy for a contiguous little-endian array
     else:
         data = arr.reshape(-1).tolist()
     return {"name": name, "datatype": datatype, "shape": shape, "data": data}
@@ -155,3 +154,34 @@ def content_type_of(header: str | None) -> str:
     if "msgpack" in h:
         return MSGPACK
     return JSON
+
+
+# --- v2 binary tensor data extension: JSON header + raw tensor bytes after it -------------------------------
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+
+def pack_bytes(items: list[bytes]) -> bytes:
+    """BYTES elements in the binary extension: each is a 4-byte little-endian length, then its bytes."""
+    return b"".join(len(x).to_bytes(4, "little") + x for x in items)
+
+
+def unpack_bytes(buf: bytes | memoryview, name: str) -> list[bytes]:
+    out, pos, mv = [], 0, memoryview(buf)
+    while pos < len(mv):
+        if pos + 4 > len(mv):
+            raise TensorError(f"tensor '{name}': truncated BYTES length prefix in binary data")
+        n = int.from_bytes(mv[pos : pos + 4], "little")
+        if pos + 4 + n > len(mv):
+            raise TensorError(f"tensor '{name}': BYTES element of {n} bytes runs past its binary_data_size")
+        out.append(bytes(mv[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    return out
+
+
+def raw_bytes(arr: np.ndarray) -> bytes | memoryview:
+    """The bytes of a tensor as the binary extension (and msgpack) carry them."""
+    if datatype_of(arr) == "BYTES":
+        return pack_bytes([x if isinstance(x, bytes) else str(x).encode() for x in arr.reshape(-1)])
+    flat = np.ascontiguousarray(arr.reshape(-1), dtype=arr.dtype.newbyteorder("<"))
+    return memoryview(flat).cast("B")
