@@ -42,8 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ray-cpus", type=float, default=None, help="CPUs of the embedded Ray (default: all cores)")
     p.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body accepted (413 above)")
-    p.add_argument("--no-shm", dest="shm", action="store_false",
-                   help="disable the v2 system shared-memory extension")
+    p.add_argument("--no-shm", dest="shm", action="store_false", help="disable the v2 system shared-memory extension")
     p.add_argument("--max-inflight", type=int, default=2, help="batches in flight per replica")
     p.add_argument(
         "--compiled-graph",

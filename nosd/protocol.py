@@ -160,8 +160,9 @@ def parse_infer(body: Body, spec: ModelSpec, shm: Registry | None) -> InferReque
     out_refs: dict[str, ShmRef] = {}
     binary: set[str] = set()
     if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
-                                                    for o in outputs):
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        ):
             raise BadRequest("'outputs' must be a list of maps with a 'name'")
         known = {o.name: o for o in spec.outputs}
         wanted = [o["name"] for o in outputs]
@@ -193,8 +194,14 @@ def encode_response(
     for name, value in outputs.items():
         if isinstance(value, ShmWritten):
             r = value.ref
-            tensors.append({"name": name, "datatype": value.datatype, "shape": list(value.shape),
-                            "parameters": {"shared_memory_region": r.region, "shared_memory_byte_size": r.nbytes}})
+            tensors.append(
+                {
+                    "name": name,
+                    "datatype": value.datatype,
+                    "shape": list(value.shape),
+                    "parameters": {"shared_memory_region": r.region, "shared_memory_byte_size": r.nbytes},
+                }
+            )
         elif content_type == JSON and name in req.binary_outputs:
             data = raw_bytes(value)
             t = encode_tensor(name, value[:0], binary=False)

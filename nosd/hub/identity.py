@@ -6,6 +6,8 @@ import numpy as np
 
 from nosd.spec import NUMERIC, ModelSpec, Resources, TensorSpec
 
+ANY = ["FP32", *(d for d in NUMERIC if d != "FP32")]
+
 
 class Identity:
     def __init__(self, device: str):
@@ -20,8 +22,8 @@ SPECS = [
         id="nosd/identity",
         task="diagnostic",
         description="Returns input x as output y, batched like any model.",
-        inputs=[TensorSpec(name="x", datatypes=NUMERIC, shape=None)],
-        outputs=[TensorSpec(name="y", datatypes=NUMERIC, shape=None)],
+        inputs=[TensorSpec(name="x", datatypes=ANY, shape=None)],
+        outputs=[TensorSpec(name="y", datatypes=ANY, shape=None)],
         entrypoint="nosd.hub.identity:Identity",
         max_batch_size=64,
         max_wait_ms=1.0,
