@@ -32,6 +32,8 @@ class TensorSpec(BaseModel):
     datatypes: list[str]
     shape: list[int] | None
     description: str = ""
+    # An output with the datatype and shape of this input (lets a client size a shared-memory region for it).
+    like: str | None = None
 
     @field_validator("datatypes")
     @classmethod
@@ -43,12 +45,15 @@ class TensorSpec(BaseModel):
 
     def metadata(self) -> dict[str, Any]:
         """The v2 form: one datatype (the first, the preferred one) and -1 for variable dims."""
-        return {
+        meta: dict[str, Any] = {
             "name": self.name,
             "datatype": self.datatypes[0],
             "shape": self.shape or [-1],
             "datatypes": self.datatypes,
         }
+        if self.like:
+            meta["like"] = self.like
+        return meta
 
 
 class Resources(BaseModel):

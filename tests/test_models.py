@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -126,9 +127,16 @@ def test_missing_weights_name_the_path_and_how_to_get_them(daemon, torch_home) -
 @pytest.fixture(scope="module")
 def compiled_daemon(tmp_path_factory):
     """A second daemon whose replicas are called through Ray Compiled Graphs (--compiled-graph)."""
+    started = time.time()
     d = start_daemon(tmp_path_factory.mktemp("compiled"), "--compiled-graph", "--models", "nosd/identity")
     yield d
     assert d.stop() == 0, d.log.read_text()[-3000:]
+    # Ray 2.60's compiled-graph channels leave named semaphores (sem.hdr<pid>-*, sem.obj<pid>-*) in /dev/shm
+    # after teardown. Remove those made since this daemon started by processes that are gone now.
+    for leftover in Path("/dev/shm").glob("sem.*"):
+        pid = int(leftover.name[7:].split("-")[0]) if leftover.name[7:].split("-")[0].isdigit() else 0
+        if pid and leftover.stat().st_mtime >= started and not Path(f"/proc/{pid}").exists():
+            leftover.unlink(missing_ok=True)
 
 
 def test_compiled_graph_calls_return_the_same_answers(compiled_daemon) -> None:

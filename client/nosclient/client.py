@@ -6,7 +6,10 @@ response parsing live in module functions below), so they cannot drift apart.
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import secrets
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -14,9 +17,10 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
+from nosclient import shm
 from nosclient.codec import MSGPACK, content_type_of, decode_tensor, dumps, encode_tensor, loads
 
-TRANSPORTS = ("http",)
+TRANSPORTS = ("http", "shm", "auto")
 _HEADERS = {"Content-Type": MSGPACK, "Accept": MSGPACK}
 _ids = itertools.count()
 
@@ -70,12 +74,47 @@ def _parse(resp: httpx.Response) -> Any:
     return body
 
 
-def _infer_result(body: dict[str, Any]) -> InferResult:
+def _infer_result(body: dict[str, Any], plan: shm.Plan | None = None) -> InferResult:
     outputs: dict[str, Any] = {}
     for t in body.get("outputs", []):
+        if "data" not in t and plan is not None and t.get("name") in plan.outputs:
+            outputs[t["name"]] = shm.read_output(plan.outputs[t["name"]], t)
+            continue
         name, arr = decode_tensor(t)
         outputs[name] = arr.reshape(-1).tolist() if arr.dtype == object else arr
     return InferResult(outputs, body.get("parameters", {}), body.get("id", ""))
+
+
+def _arrays(inputs: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """Inputs as arrays, or None when one of them is BYTES (those travel in the body)."""
+    arrays = {
+        k: v if isinstance(v, np.ndarray) else np.asarray(v, dtype=object if _is_bytes(v) else None)
+        for k, v in inputs.items()
+    }
+    return None if any(a.dtype.kind in "OSU" for a in arrays.values()) else arrays
+
+
+def _shm_body(p: shm.Plan, parameters: dict[str, Any]) -> bytes:
+    body = {**p.body, "id": str(next(_ids))}
+    if parameters:
+        body["parameters"] = parameters
+    return dumps(body, MSGPACK)
+
+
+def _register_path(region: str) -> str:
+    return f"/v2/systemsharedmemory/region/{region}/register"
+
+
+def _probe_plan(pool: shm.Pool) -> tuple[np.ndarray, shm.Plan]:
+    """A nonce in a fresh region, echoed by nosd/identity over HTTP: equal bytes prove a shared /dev/shm."""
+    nonce = np.frombuffer(secrets.token_bytes(16), np.uint8)[None]
+    return nonce, shm.plan(pool, {"x": nonce}, {"outputs": [{"name": "y"}]}, None)
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    client = ref()
+    if client is not None and client._pool is not None:
+        client._pool.close()
 
 
 def _check_transport(transport: str) -> None:
@@ -83,13 +122,54 @@ def _check_transport(transport: str) -> None:
         raise ValueError(f"transport={transport!r} is not available; choose one of {TRANSPORTS}")
 
 
-class Client:
-    """Blocking client. ``infer`` returns ``{output_name: ndarray}`` (BYTES outputs as lists of bytes)."""
+class _Base:
+    """What both clients keep: the transport, a shared-memory pool, cached model metadata."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 300.0, transport: str = "http"):
+    def __init__(self, transport: str):
         _check_transport(transport)
         self.transport = transport
+        self._pool = shm.Pool() if transport != "http" else None
+        self._meta: dict[str, dict[str, Any]] = {}
+        if self._pool is not None:
+            atexit.register(_close_at_exit, weakref.ref(self))
+
+    def _settle(self, shm_works: bool) -> None:
+        """After the auto probe: keep shared memory, or drop the pool (and the probe's region) for plain HTTP."""
+        self.transport = "shm" if shm_works else "http"
+        if not shm_works and self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+class Client(_Base):
+    """Blocking client. ``infer`` returns ``{output_name: ndarray}`` (BYTES outputs as lists of bytes).
+
+    ``transport``: ``"http"`` (tensors in the msgpack body), ``"shm"`` (tensors in shared memory, same host
+    only), or ``"auto"`` (shm when a probe proves the server sees this host's /dev/shm, else http).
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 300.0, transport: str = "http"):
+        super().__init__(transport)
         self._http = httpx.Client(base_url=url, timeout=timeout, headers=_HEADERS)
+        if transport == "auto":
+            self._settle(self._probe())
+
+    def _probe(self) -> bool:
+        assert self._pool is not None
+        try:
+            nonce, p = _probe_plan(self._pool)
+            self._register(p.new)
+            body = _parse(self._http.post(_model_path("nosd/identity") + "/infer", content=_shm_body(p, {})))
+            self._pool.release(p.leases)
+            return bool(np.array_equal(_infer_result(body).outputs.get("y"), nonce))
+        except (NosdError, httpx.HTTPError, ValueError):
+            return False
+
+    def _register(self, segs: list[shm.Segment]) -> None:
+        for seg in segs:
+            body = dumps({"key": seg.key, "offset": 0, "byte_size": seg.size}, MSGPACK)
+            _parse(self._http.post(_register_path(seg.region), content=body))
+            seg.registered = True
 
     def infer(self, model: str, inputs: dict[str, Any], outputs: list[str] | None = None, **parameters: Any):
         return self.infer_result(model, inputs, outputs, **parameters).outputs
@@ -98,8 +178,20 @@ class Client:
         self, model: str, inputs: dict[str, Any], outputs: list[str] | None = None, **parameters: Any
     ) -> InferResult:
         """Like ``infer`` but also returns the response parameters (batch_size, queue_ms, compute_ms, ...)."""
-        body = _infer_body(inputs, outputs, parameters)
-        return _infer_result(_parse(self._http.post(_model_path(model) + "/infer", content=body)))
+        arrays = _arrays(inputs) if self.transport == "shm" else None
+        if arrays is None:
+            body = _infer_body(inputs, outputs, parameters)
+            return _infer_result(_parse(self._http.post(_model_path(model) + "/infer", content=body)))
+        assert self._pool is not None
+        if model not in self._meta:
+            self._meta[model] = self.metadata(model)
+        p = shm.plan(self._pool, arrays, self._meta[model], outputs)
+        try:
+            self._register(p.new)
+            resp = _parse(self._http.post(_model_path(model) + "/infer", content=_shm_body(p, parameters)))
+            return _infer_result(resp, p)
+        finally:
+            self._pool.release(p.leases)
 
     def models(self) -> list[dict[str, Any]]:
         return _parse(self._http.get("/v2/models"))["models"]
@@ -119,6 +211,14 @@ class Client:
         return self._http.get(path).status_code == 200
 
     def close(self) -> None:
+        """Unregister and unlink this client's regions, close the connections."""
+        if self._pool is not None:
+            for seg in self._pool.close():
+                if seg.registered:
+                    try:
+                        self._http.post(f"/v2/systemsharedmemory/region/{seg.region}/unregister", content=b"")
+                    except httpx.HTTPError:
+                        pass  # the server drops registrations of vanished segments by itself
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -128,14 +228,30 @@ class Client:
         self.close()
 
 
-class AsyncClient:
-    """The same calls as ``Client``, as coroutines on one pooled HTTP/1.1 connection set."""
+class AsyncClient(_Base):
+    """The same calls as ``Client``, as coroutines. ``transport="auto"`` probes on the first call."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 300.0, transport: str = "http"):
-        _check_transport(transport)
-        self.transport = transport
+        super().__init__(transport)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         self._http = httpx.AsyncClient(base_url=url, timeout=timeout, headers=_HEADERS, limits=limits)
+
+    async def _probe(self) -> bool:
+        assert self._pool is not None
+        try:
+            nonce, p = _probe_plan(self._pool)
+            await self._register(p.new)
+            body = _parse(await self._http.post(_model_path("nosd/identity") + "/infer", content=_shm_body(p, {})))
+            self._pool.release(p.leases)
+            return bool(np.array_equal(_infer_result(body).outputs.get("y"), nonce))
+        except (NosdError, httpx.HTTPError, ValueError):
+            return False
+
+    async def _register(self, segs: list[shm.Segment]) -> None:
+        for seg in segs:
+            body = dumps({"key": seg.key, "offset": 0, "byte_size": seg.size}, MSGPACK)
+            _parse(await self._http.post(_register_path(seg.region), content=body))
+            seg.registered = True
 
     async def infer(self, model: str, inputs: dict[str, Any], outputs: list[str] | None = None, **parameters: Any):
         return (await self.infer_result(model, inputs, outputs, **parameters)).outputs
@@ -143,8 +259,22 @@ class AsyncClient:
     async def infer_result(
         self, model: str, inputs: dict[str, Any], outputs: list[str] | None = None, **parameters: Any
     ) -> InferResult:
-        body = _infer_body(inputs, outputs, parameters)
-        return _infer_result(_parse(await self._http.post(_model_path(model) + "/infer", content=body)))
+        if self.transport == "auto":
+            self._settle(await self._probe())
+        arrays = _arrays(inputs) if self.transport == "shm" else None
+        if arrays is None:
+            body = _infer_body(inputs, outputs, parameters)
+            return _infer_result(_parse(await self._http.post(_model_path(model) + "/infer", content=body)))
+        assert self._pool is not None
+        if model not in self._meta:
+            self._meta[model] = await self.metadata(model)
+        p = shm.plan(self._pool, arrays, self._meta[model], outputs)
+        try:
+            await self._register(p.new)
+            resp = _parse(await self._http.post(_model_path(model) + "/infer", content=_shm_body(p, parameters)))
+            return _infer_result(resp, p)
+        finally:
+            self._pool.release(p.leases)
 
     async def models(self) -> list[dict[str, Any]]:
         return _parse(await self._http.get("/v2/models"))["models"]
@@ -166,6 +296,13 @@ class AsyncClient:
         return (await self._http.get(path)).status_code == 200
 
     async def close(self) -> None:
+        if self._pool is not None:
+            for seg in self._pool.close():
+                if seg.registered:
+                    try:
+                        await self._http.post(f"/v2/systemsharedmemory/region/{seg.region}/unregister", content=b"")
+                    except httpx.HTTPError:
+                        pass
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:

@@ -23,7 +23,7 @@ SPECS = [
         task="diagnostic",
         description="Returns input x as output y, batched like any model.",
         inputs=[TensorSpec(name="x", datatypes=ANY, shape=None)],
-        outputs=[TensorSpec(name="y", datatypes=ANY, shape=None)],
+        outputs=[TensorSpec(name="y", datatypes=ANY, shape=None, like="x")],
         entrypoint="nosd.hub.identity:Identity",
         max_batch_size=64,
         max_wait_ms=1.0,
