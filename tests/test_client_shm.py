@@ -124,3 +124,16 @@ def test_no_shm_flag_disables_the_extension_and_auto_falls_back(tmp_path) -> Non
             assert c._pool is None and not list(Path("/dev/shm").glob(f"nosd_{os.getpid()}_*"))
     finally:
         assert d.stop() == 0
+
+
+def test_zero_copy_outputs_are_read_only_views_valid_until_the_next_call(daemon) -> None:
+    with Client(daemon.url, transport="shm") as c:
+        x = np.arange(4096, dtype=np.float32)[None]
+        y = c.infer("nosd/identity", {"x": x}, zero_copy=True)["y"]
+        np.testing.assert_array_equal(y, x)
+        assert not y.flags.writeable and not y.flags.owndata
+        held = len(c._pool.all)
+        z = c.infer("nosd/identity", {"x": x + 1}, zero_copy=True)["y"]
+        np.testing.assert_array_equal(z, x + 1)
+        assert len(c._pool.all) == held, "the previous call's output region was reused, not a new one made"
+        del y, z

@@ -74,11 +74,11 @@ def _parse(resp: httpx.Response) -> Any:
     return body
 
 
-def _infer_result(body: dict[str, Any], plan: shm.Plan | None = None) -> InferResult:
+def _infer_result(body: dict[str, Any], plan: shm.Plan | None = None, copy: bool = True) -> InferResult:
     outputs: dict[str, Any] = {}
     for t in body.get("outputs", []):
         if "data" not in t and plan is not None and t.get("name") in plan.outputs:
-            outputs[t["name"]] = shm.read_output(plan.outputs[t["name"]], t)
+            outputs[t["name"]] = shm.read_output(plan.outputs[t["name"]], t, copy)
             continue
         name, arr = decode_tensor(t)
         outputs[name] = arr.reshape(-1).tolist() if arr.dtype == object else arr
@@ -130,8 +130,21 @@ class _Base:
         self.transport = transport
         self._pool = shm.Pool() if transport != "http" else None
         self._meta: dict[str, dict[str, Any]] = {}
+        self._held: list[shm.Segment] = []  # regions behind the views the last zero_copy call returned
         if self._pool is not None:
             atexit.register(_close_at_exit, weakref.ref(self))
+
+    def _begin(self) -> None:
+        """A new call: the views of the previous ``zero_copy`` call end here, their regions go back to the pool."""
+        if self._held and self._pool is not None:
+            self._pool.release(self._held)
+        self._held = []
+
+    def _end(self, p: shm.Plan, zero_copy: bool) -> None:
+        assert self._pool is not None
+        keep = set(map(id, p.outputs.values())) if zero_copy else set()
+        self._pool.release([s for s in p.leases if id(s) not in keep])
+        self._held = [s for s in p.leases if id(s) in keep]
 
     def _settle(self, shm_works: bool) -> None:
         """After the auto probe: keep shared memory, or drop the pool (and the probe's region) for plain HTTP."""
@@ -171,11 +184,24 @@ class Client(_Base):
             _parse(self._http.post(_register_path(seg.region), content=body))
             seg.registered = True
 
-    def infer(self, model: str, inputs: dict[str, Any], outputs: list[str] | None = None, **parameters: Any):
-        return self.infer_result(model, inputs, outputs, **parameters).outputs
+    def infer(
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        outputs: list[str] | None = None,
+        zero_copy: bool = False,
+        **parameters: Any,
+    ):
+        """``zero_copy`` (shm transport): outputs are read-only views of their regions, valid until the next call."""
+        return self.infer_result(model, inputs, outputs, zero_copy, **parameters).outputs
 
     def infer_result(
-        self, model: str, inputs: dict[str, Any], outputs: list[str] | None = None, **parameters: Any
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        outputs: list[str] | None = None,
+        zero_copy: bool = False,
+        **parameters: Any,
     ) -> InferResult:
         """Like ``infer`` but also returns the response parameters (batch_size, queue_ms, compute_ms, ...)."""
         arrays = _arrays(inputs) if self.transport == "shm" else None
@@ -185,13 +211,16 @@ class Client(_Base):
         assert self._pool is not None
         if model not in self._meta:
             self._meta[model] = self.metadata(model)
+        self._begin()
         p = shm.plan(self._pool, arrays, self._meta[model], outputs)
+        ok = False
         try:
             self._register(p.new)
             resp = _parse(self._http.post(_model_path(model) + "/infer", content=_shm_body(p, parameters)))
-            return _infer_result(resp, p)
+            result, ok = _infer_result(resp, p, copy=not zero_copy), True
+            return result
         finally:
-            self._pool.release(p.leases)
+            self._end(p, zero_copy and ok)
 
     def models(self) -> list[dict[str, Any]]:
         return _parse(self._http.get("/v2/models"))["models"]
@@ -253,11 +282,23 @@ class AsyncClient(_Base):
             _parse(await self._http.post(_register_path(seg.region), content=body))
             seg.registered = True
 
-    async def infer(self, model: str, inputs: dict[str, Any], outputs: list[str] | None = None, **parameters: Any):
-        return (await self.infer_result(model, inputs, outputs, **parameters)).outputs
+    async def infer(
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        outputs: list[str] | None = None,
+        zero_copy: bool = False,
+        **parameters: Any,
+    ):
+        return (await self.infer_result(model, inputs, outputs, zero_copy, **parameters)).outputs
 
     async def infer_result(
-        self, model: str, inputs: dict[str, Any], outputs: list[str] | None = None, **parameters: Any
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        outputs: list[str] | None = None,
+        zero_copy: bool = False,
+        **parameters: Any,
     ) -> InferResult:
         if self.transport == "auto":
             self._settle(await self._probe())
@@ -268,13 +309,16 @@ class AsyncClient(_Base):
         assert self._pool is not None
         if model not in self._meta:
             self._meta[model] = await self.metadata(model)
+        self._begin()
         p = shm.plan(self._pool, arrays, self._meta[model], outputs)
+        ok = False
         try:
             await self._register(p.new)
             resp = _parse(await self._http.post(_model_path(model) + "/infer", content=_shm_body(p, parameters)))
-            return _infer_result(resp, p)
+            result, ok = _infer_result(resp, p, copy=not zero_copy), True
+            return result
         finally:
-            self._pool.release(p.leases)
+            self._end(p, zero_copy and ok)
 
     async def models(self) -> list[dict[str, Any]]:
         return _parse(await self._http.get("/v2/models"))["models"]

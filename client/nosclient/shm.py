@@ -139,8 +139,11 @@ def plan(pool: Pool, inputs: dict[str, np.ndarray], meta: dict[str, Any], wanted
     return Plan({"inputs": tensors, "outputs": outs}, leases, [s for s in leases if not s.registered], bound)
 
 
-def read_output(seg: Segment, t: dict[str, Any]) -> np.ndarray:
-    """Copy an output out of its region (the region is reused by the next call)."""
+def read_output(seg: Segment, t: dict[str, Any], copy: bool = True) -> np.ndarray:
+    """An output in its region: a copy, or (``copy=False``) a read-only view valid until the client's next call."""
     dtype = DATATYPES[t["datatype"]]
-    count = math.prod(t["shape"])
-    return np.frombuffer(seg.mem.buf, dtype=dtype, count=count).reshape(t["shape"]).copy()
+    view = np.frombuffer(seg.mem.buf, dtype=dtype, count=math.prod(t["shape"])).reshape(t["shape"])
+    if copy:
+        return view.copy()
+    view.flags.writeable = False
+    return view
