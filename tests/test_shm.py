@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tritonclient.http as th
@@ -165,3 +167,40 @@ def test_shm_and_http_requests_share_one_model_call(regions) -> None:
     np.testing.assert_array_equal(results[0]["y"], x)
     np.testing.assert_array_equal(results[1]["y"], x + 100)
     worker.shm.forget("/nosdtest_mix")
+
+
+def test_worker_maps_a_region_once_and_unmaps_it_on_unregister(triton, regions) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    h = regions("mapped", x.nbytes)
+    tshm.set_shared_memory_region(h, [x])
+    triton.register_system_shared_memory("mapped", "/nosdtest_mapped", x.nbytes)
+    inp = th.InferInput("x", [2, 4], "FP32")
+    inp.set_shared_memory("mapped", x.nbytes)
+    res = triton.infer("custom/scaler", [inp])
+    np.testing.assert_array_equal(res.as_numpy("y"), x * 3)
+    maps = Path(f"/proc/{int(res.as_numpy('pid')[0])}/maps")
+    assert "/dev/shm/nosdtest_mapped" in maps.read_text()
+    triton.unregister_system_shared_memory("mapped")
+    assert "/dev/shm/nosdtest_mapped" not in maps.read_text()
+
+
+def test_a_segment_that_shrank_after_registration_is_a_400_not_a_crash(triton, regions) -> None:
+    import os
+
+    import posix_ipc
+
+    x = np.ones((1, 1024), np.float32)
+    regions("shrinks", x.nbytes)
+    triton.register_system_shared_memory("shrinks", "/nosdtest_shrinks", x.nbytes)
+    inp = th.InferInput("x", [1, 1024], "FP32")
+    inp.set_shared_memory("shrinks", x.nbytes)
+    triton.infer("nosd/identity", [inp])  # the worker maps it
+    seg = posix_ipc.SharedMemory("/nosdtest_shrinks")
+    os.ftruncate(seg.fd, 16)
+    seg.close_fd()
+    with pytest.raises(InferenceServerException, match="shrank") as e:
+        triton.infer("nosd/identity", [inp])
+    assert e.value.status() == "400"
+    plain = th.InferInput("x", [1, 2], "FP32")
+    plain.set_data_from_numpy(np.ones((1, 2), np.float32))
+    assert triton.infer("nosd/identity", [plain]).as_numpy("y").tolist() == [[1.0, 1.0]]
