@@ -19,6 +19,11 @@ from typing import Any, Protocol
 
 from nosd.errors import NotReady
 
+
+class Draining(NotReady):
+    """The model is being unloaded or evicted; the manager loads it again for this request."""
+
+
 Outputs = dict[str, Any]
 
 
@@ -60,7 +65,7 @@ class Batcher:
 
     async def submit(self, work: Any, n: int) -> tuple[Outputs, dict[str, Any]]:
         if self._closing:
-            raise NotReady("model is unloading; retry after it is loaded again")
+            raise Draining("model is unloading; retry after it is loaded again")
         item = Item(work, n, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._wake.set()

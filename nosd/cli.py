@@ -13,9 +13,10 @@ import ray
 import uvloop
 from aiohttp import web
 
-from nosd import hub
+from nosd import autoscale, hub
 from nosd.errors import NosdError
 from nosd.manager import ModelManager
+from nosd.memory import parse_budget
 from nosd.server import READY, make_app, sweep_regions
 
 log = logging.getLogger("nosd")
@@ -51,6 +52,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="call workers through Ray Compiled Graphs: ~1 ms less per call, but Ray 2.60's channels "
         "busy-poll (about 2 cores per replica at 100%%, even idle); see docs/performance.md",
     )
+    p.add_argument(
+        "--memory-budget",
+        default=None,
+        help="memory for models per device: a fraction (0.8) or a size (8GB); default 0.8 of a GPU, 0.5 of RAM on CPU",
+    )
+    p.add_argument(
+        "--eviction",
+        choices=["fifo", "lru"],
+        default="fifo",
+        help="which loaded model makes room for a new one: the oldest load, or the least recently used",
+    )
+    p.add_argument(
+        "--profile-seconds",
+        type=float,
+        default=1.0,
+        help="time per batch size when a model is profiled on its first load",
+    )
+    p.add_argument("--autoscale-up-s", type=float, default=2.0, help="queue above target this long adds a replica")
+    p.add_argument("--autoscale-down-s", type=float, default=10.0, help="idle this long removes a replica")
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -75,7 +95,14 @@ def pick_device(runtime: str) -> str:
 
 async def serve(args: argparse.Namespace) -> None:
     device = pick_device(args.runtime)
-    manager = ModelManager(device, max_inflight=args.max_inflight, compiled=args.compiled)
+    manager = ModelManager(
+        device,
+        parse_budget(args.memory_budget, device),
+        max_inflight=args.max_inflight,
+        compiled=args.compiled,
+        eviction=args.eviction,
+        profile_seconds=args.profile_seconds,
+    )
     app = make_app(manager, int(args.max_body_mb * 2**20), shm=args.shm)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=args.grace_s)
     await runner.setup()
@@ -84,6 +111,9 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("listening on http://%s:%d (runtime %s)", args.host, args.port, device)
 
     sweeper = asyncio.create_task(sweep_regions(app)) if args.shm else None
+    scaler = asyncio.create_task(
+        autoscale.run(manager, autoscale.Policy(up_after_s=args.autoscale_up_s, down_after_s=args.autoscale_down_s))
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,13 +127,59 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         log.info("shutting down: draining requests")
         app[READY]["ready"] = False
+        scaler.cancel()
         if sweeper:
             sweeper.cancel()
         await runner.cleanup()  # stops listening, waits for in-flight handlers up to --grace-s
         await manager.close()
 
 
+def profile_main(argv: list[str]) -> None:
+    """``nosd profile MODEL``: measure a model in this process, print the table, store it in the catalog."""
+    p = argparse.ArgumentParser(prog="nosd profile", description=profile_main.__doc__)
+    p.add_argument("model")
+    p.add_argument("--runtime", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--seconds", type=float, default=2.0, help="time per batch size")
+    p.add_argument("--model-module", action="append", default=[])
+    args = p.parse_args(argv)
+    from tqdm import tqdm
+
+    from nosd.profile import measure, rss_bytes, save_profile
+    from nosd.worker import resolve
+
+    for module in args.model_module:
+        hub.load_module(module)
+    try:
+        spec = hub.get(args.model)
+    except NosdError as e:
+        raise SystemExit(f"nosd profile: {e}") from None
+    device = "cuda" if args.runtime == "gpu" else "cpu"
+    before = rss_bytes()
+    print(f"loading {spec.id} on {device} ...", file=sys.stderr)
+    model = resolve(spec.entrypoint)(device, **spec.init_args)
+    prof = measure(
+        model,
+        spec,
+        device,
+        before,
+        args.seconds,
+        progress=lambda sizes: tqdm(sizes, desc=f"profiling {spec.id}", unit="batch size"),
+    )
+    save_profile(prof)
+    print(f"{prof.model} on {prof.device} (torch {prof.torch})")
+    print(
+        f"  parameters {prof.param_bytes / 1e6:.1f} MB   memory {prof.memory_bytes / 1e6:.1f} MB   "
+        f"FLOPs/sample {prof.flops_per_sample:.3g}   best batch size {prof.best_batch_size}"
+    )
+    print(f"  {'batch':>5} {'samples/s':>10} {'latency ms':>11}")
+    for pt in prof.sweep:
+        print(f"  {pt.batch_size:>5} {pt.samples_per_s:>10.1f} {pt.latency_ms:>11.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:
+        return profile_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -37,6 +37,10 @@ class InsufficientResources(NosdError):
     """Ray cannot place the replicas: not enough free CPU/GPU in the cluster."""
 
 
+class MemoryBudgetExceeded(NosdError):
+    """The model (or its replicas) cannot fit the memory budget even with everything else evicted."""
+
+
 class ModelFailure(NosdError):
     """The model raised while loading or computing."""
 
@@ -53,6 +57,7 @@ _STATUS: dict[type[Exception], int] = {
     NotReady: 503,
     WorkerUnavailable: 503,
     InsufficientResources: 503,
+    MemoryBudgetExceeded: 507,
     ModelFailure: 500,
     NosdError: 500,
 }

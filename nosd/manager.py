@@ -1,7 +1,12 @@
-"""Which models are loaded where: Ray actors per replica, one batcher per model, load/unload.
+"""Which models are loaded where: replicas, batchers, measured profiles, the memory budget and eviction.
 
-Loading is idempotent and shared: concurrent first requests for a model wait on
-one load. Later issues add memory budgets, eviction and autoscaling here.
+Loading is shared: concurrent first requests for a model await one load. Every
+load and eviction decision happens under one lock, so two loads never race for
+the same memory. A model is measured on its first load (``nosd.profile``) and
+the catalog keeps the result; loading a model that does not fit evicts loaded
+models, oldest first (``fifo``) or least recently used (``lru``), each after its
+queued and in-flight requests finish. A request that finds its model being
+evicted simply loads it again.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,8 +22,9 @@ import numpy as np
 import ray
 
 from nosd import hub
-from nosd.batcher import Batcher, Outputs
-from nosd.errors import BadRequest, InsufficientResources, NosdError
+from nosd.batcher import Batcher, Draining, Outputs
+from nosd.errors import BadRequest, InsufficientResources, MemoryBudgetExceeded, NosdError, NotReady
+from nosd.profile import Profile, catalog_key, load_catalog, save_profile
 from nosd.replica import RayReplica
 from nosd.shm import ShmRef
 from nosd.spec import ModelSpec
@@ -35,14 +42,37 @@ class Model:
     batcher: Batcher | None = None
     loading: asyncio.Task[None] | None = None
     error: str = ""
+    profile: Profile | None = None
+    loaded_at: float = 0.0
+    last_used: float = 0.0
+    min_replicas: int = 1
+    max_replicas: int = 1
+    max_batch_size: int | None = None  # set by the user at load time; else the spec's, else the profile's best
+
+    @property
+    def memory_bytes(self) -> int:
+        return (self.profile.memory_bytes if self.profile else 0) * len(self.replicas)
 
 
 class ModelManager:
-    def __init__(self, device: Literal["cpu", "cuda"], max_inflight: int = 2, compiled: bool = False):
+    def __init__(
+        self,
+        device: Literal["cpu", "cuda"],
+        budget_bytes: int,
+        max_inflight: int = 2,
+        compiled: bool = False,
+        eviction: Literal["fifo", "lru"] = "fifo",
+        profile_seconds: float = 1.0,
+    ):
         self.device = device
+        self.budget = budget_bytes
         self.max_inflight = max_inflight
         self.compiled = compiled
+        self.eviction = eviction
+        self.profile_seconds = profile_seconds
         self.models: dict[str, Model] = {}
+        self.lock = asyncio.Lock()
+        self._describe: dict[str, str] | None = None  # device name and torch version, from the first worker
 
     def _model(self, model_id: str) -> Model:
         if model_id not in self.models:
@@ -53,24 +83,127 @@ class ModelManager:
         m = self.models.get(model_id)
         return m.state if m else "unloaded"
 
-    async def ensure(self, model_id: str, replicas: int | None = None) -> Model:
-        """Load the model if needed; every concurrent caller awaits the same load."""
+    @property
+    def used_bytes(self) -> int:
+        return sum(m.memory_bytes for m in self.models.values() if m.state in ("ready", "loading"))
+
+    async def ensure(self, model_id: str, **params: Any) -> Model:
+        """Load the model if needed (every concurrent caller awaits the same load); apply load parameters."""
         m = self._model(model_id)
+        _apply(m, params)
         if m.state != "ready":
             if m.loading is None or m.loading.done():
-                m.loading = asyncio.create_task(self._load(m, replicas or 1))
+                m.loading = asyncio.create_task(self._load(m, max(m.min_replicas, params.get("replicas") or 1)))
             await asyncio.shield(m.loading)
-        elif replicas and replicas != len(m.replicas):
-            await self.scale(m, replicas)
+        elif params.get("replicas") and params["replicas"] != len(m.replicas):
+            async with self.lock:
+                await self.scale(m, params["replicas"])
         return m
 
+    async def infer(self, model_id: str, work: Work) -> tuple[Outputs, dict[str, Any]]:
+        n = _batch_len(work.inputs)
+        for _ in range(3):
+            m = await self.ensure(model_id)
+            m.last_used = time.monotonic()
+            if m.batcher is None:
+                continue
+            try:
+                return await m.batcher.submit(work, n)
+            except Draining:  # evicted or unloaded between our check and our submit: load it again
+                continue
+        raise NotReady(f"model '{model_id}' kept being unloaded while this request waited; retry")
+
+    async def _load(self, m: Model, n: int) -> None:
+        async with self.lock:
+            spec = m.spec
+            m.state, m.error = "loading", ""
+            replicas: list[RayReplica] = []
+            try:
+                if m.profile is None and self._describe:
+                    m.profile = load_catalog().get(catalog_key(spec.id, **self._describe))
+                if m.profile:  # known size: make room before starting anything
+                    await self._make_room(m, m.profile.memory_bytes * n)
+                await self._wait_for_resources(spec, n)
+                replicas = [self._replica(m, i, n) for i in range(n)]
+                await asyncio.gather(*(r.start() for r in replicas))
+                m.replicas = replicas
+                if m.profile is None:
+                    m.profile = await self._measure(spec, replicas[0])
+                    await self._make_room(m, m.profile.memory_bytes * n)
+            except (NosdError, ray.exceptions.RayError) as e:
+                for r in replicas:
+                    r.kill()
+                m.state, m.error, m.replicas = "failed", str(e), []
+                log.error("loading %s failed: %s", spec.id, e)
+                raise e if isinstance(e, NosdError) else NotReady(str(e)) from None
+            batch = m.max_batch_size or (
+                spec.max_batch_size if "max_batch_size" in spec.model_fields_set else m.profile.best_batch_size
+            )
+            m.batcher = Batcher(m.replicas, batch, spec.max_wait_ms, self.max_inflight)
+            m.state, m.loaded_at, m.last_used = "ready", time.monotonic(), time.monotonic()
+            log.info(
+                "%s ready: %d replica(s), max_batch_size %d, %.0f MB measured, %.0f/%.0f MB of the budget used",
+                spec.id,
+                n,
+                batch,
+                m.memory_bytes / 1e6,
+                self.used_bytes / 1e6,
+                self.budget / 1e6,
+            )
+
+    async def _measure(self, spec: ModelSpec, replica: RayReplica) -> Profile:
+        self._describe = await replica.actor.describe.remote()
+        known = load_catalog().get(catalog_key(spec.id, **self._describe))
+        if known:
+            return known
+        log.info("profiling %s on %s (first load)", spec.id, self._describe["device"])
+        profile: Profile = await replica.actor.profile.remote(self.profile_seconds)
+        save_profile(profile)
+        log.info(
+            "profiled %s: %.0f MB, %.3g FLOPs/sample, best batch %d",
+            spec.id,
+            profile.memory_bytes / 1e6,
+            profile.flops_per_sample,
+            profile.best_batch_size,
+        )
+        return profile
+
+    async def _make_room(self, m: Model, need: int) -> None:
+        """Evict other models (fifo: oldest load first; lru: least recently used first) until ``need`` fits."""
+        if need > self.budget:
+            raise MemoryBudgetExceeded(
+                f"{m.spec.id} needs {need / 1e6:.0f} MB ({len(m.replicas) or 1} replica(s) measured at "
+                f"{need / max(1, len(m.replicas) or 1) / 1e6:.0f} MB) but the whole memory budget is "
+                f"{self.budget / 1e6:.0f} MB; raise --memory-budget or load fewer replicas"
+            )
+        while self.used_bytes - m.memory_bytes + need > self.budget:
+            others = [x for x in self.models.values() if x is not m and x.state == "ready"]
+            if not others:
+                return
+            victim = min(others, key=lambda x: x.loaded_at if self.eviction == "fifo" else x.last_used)
+            log.info(
+                "evicting %s (%s, %.0f MB) to fit %s (%.0f MB) in the %.0f MB budget",
+                victim.spec.id,
+                self.eviction,
+                victim.memory_bytes / 1e6,
+                m.spec.id,
+                need / 1e6,
+                self.budget / 1e6,
+            )
+            await self._unload(victim)
+
     async def scale(self, m: Model, n: int) -> None:
-        """Add or remove replicas of a loaded model; the batcher sees the shared list change."""
-        threads = m.spec.resources.threads or max(1, (os.cpu_count() or 1) // n)
+        """Add or remove replicas of a loaded model (call under the lock); the batcher sees the list change."""
         if n > len(m.replicas):
+            extra = (m.profile.memory_bytes if m.profile else 0) * (n - len(m.replicas))
+            if self.used_bytes + extra > self.budget:
+                raise MemoryBudgetExceeded(
+                    f"{n} replicas of {m.spec.id} need {extra / 1e6:.0f} MB more; "
+                    f"{(self.budget - self.used_bytes) / 1e6:.0f} MB of the budget is free"
+                )
             await self._wait_for_resources(m.spec, n - len(m.replicas))
             start = max((r.index for r in m.replicas), default=-1) + 1
-            new = [self._replica(m.spec, start + i, threads) for i in range(n - len(m.replicas))]
+            new = [self._replica(m, start + i, n) for i in range(n - len(m.replicas))]
             await asyncio.gather(*(r.start() for r in new))
             m.replicas.extend(new)
         while len(m.replicas) > n:
@@ -80,35 +213,20 @@ class ModelManager:
             r.kill()
         log.info("%s scaled to %d replica(s)", m.spec.id, n)
 
-    async def _load(self, m: Model, n: int) -> None:
-        spec = m.spec
-        m.state, m.error = "loading", ""
-        threads = spec.resources.threads or max(1, (os.cpu_count() or 1) // n)
-        log.info("loading %s: %d replica(s) on %s, %d thread(s) each", spec.id, n, self.device, threads)
-        replicas: list[RayReplica] = []
-        try:
-            await self._wait_for_resources(spec, n)
-            replicas = [self._replica(spec, i, threads) for i in range(n)]
-            await asyncio.gather(*(r.start() for r in replicas))
-        except NosdError as e:
-            for r in replicas:
-                r.kill()
-            m.state, m.error = "failed", str(e)
-            log.error("loading %s failed: %s", spec.id, e)
-            raise
-        m.replicas = replicas
-        m.batcher = Batcher(m.replicas, spec.max_batch_size, spec.max_wait_ms, self.max_inflight)
-        m.state = "ready"
-        log.info("%s ready (pids %s)", spec.id, [r.info.get("pid") for r in replicas])
+    def _replica(self, m: Model, index: int, n: int) -> RayReplica:
+        res = m.spec.resources
+        threads = res.threads or max(1, (os.cpu_count() or 1) // n)
+        gpus = 0.0
+        if self.device == "cuda":  # share a GPU by measured memory, so small models pack onto one device
+            from nosd.memory import total_bytes
 
-    def _replica(self, spec: ModelSpec, index: int, threads: int) -> RayReplica:
-        return RayReplica(spec, self.device, index, threads, self.max_inflight, self.compiled)
+            known = m.profile.memory_bytes / total_bytes("cuda") if m.profile else 0.5
+            gpus = res.num_gpus or round(min(1.0, max(0.05, known * 1.2)), 2)
+        return RayReplica(m.spec, self.device, index, threads, self.max_inflight, self.compiled, gpus)
 
     async def _wait_for_resources(self, spec: ModelSpec, n: int, patience_s: float = 10.0) -> None:
         """Fail fast with a clear message instead of leaving an actor pending forever in Ray's queue."""
         need = {"CPU": spec.resources.num_cpus * n}
-        if self.device == "cuda":
-            need["GPU"] = spec.resources.num_gpus * n
         deadline = asyncio.get_running_loop().time() + patience_s
         while True:
             free = await asyncio.to_thread(ray.available_resources)  # lags a moment behind unloads: retry
@@ -122,12 +240,6 @@ class ModelManager:
                 )
             await asyncio.sleep(0.5)
 
-    async def infer(self, model_id: str, work: Work) -> tuple[Outputs, dict[str, Any]]:
-        n = _batch_len(work.inputs)
-        m = await self.ensure(model_id)
-        assert m.batcher is not None
-        return await m.batcher.submit(work, n)
-
     async def forget_segment(self, key: str) -> None:
         """A region was unregistered: every replica unmaps its segment."""
         await asyncio.gather(*(r.forget(key) for m in self.models.values() for r in m.replicas))
@@ -136,16 +248,22 @@ class ModelManager:
         m = self._model(model_id)
         if m.loading and not m.loading.done():
             await asyncio.gather(m.loading, return_exceptions=True)
+        async with self.lock:
+            await self._unload(m)
+
+    async def _unload(self, m: Model) -> None:
         batcher, replicas = m.batcher, m.replicas
-        m.state, m.batcher, m.replicas = "unloaded", None, []
+        m.state, m.batcher = "unloaded", None
         if batcher:
-            await batcher.drain()
+            await batcher.drain()  # queued and in-flight requests finish first
+        m.replicas = []
         for r in replicas:
             r.kill()
-        log.info("%s unloaded", model_id)
+        log.info("%s unloaded", m.spec.id)
 
     async def close(self) -> None:
-        await asyncio.gather(*(self.unload(i) for i, m in self.models.items() if m.state != "unloaded"))
+        async with self.lock:
+            await asyncio.gather(*(self._unload(m) for m in self.models.values() if m.state != "unloaded"))
 
     def listing(self) -> list[dict[str, Any]]:
         return [
@@ -156,13 +274,51 @@ class ModelManager:
         spec = hub.get(model_id)
         m = self.models.get(model_id)
         meta = spec.metadata()
+        if m and m.batcher:
+            meta["max_batch_size"] = m.batcher.max_batch_size
         meta["state"] = {
             "state": self.state(model_id),
             "loaded": self.state(model_id) == "ready",
             "replicas": len(m.replicas) if m else 0,
+            "min_replicas": m.min_replicas if m else 1,
+            "max_replicas": m.max_replicas if m else 1,
+            "memory_bytes": m.memory_bytes if m else 0,
             "error": m.error if m else "",
         }
+        meta["profile"] = m.profile.model_dump() if m and m.profile else None
         return meta
+
+    def memory(self) -> dict[str, Any]:
+        from nosd.memory import total_bytes, used_bytes
+
+        return {
+            "device": self.device,
+            "total_bytes": total_bytes(self.device),
+            "budget_bytes": self.budget,
+            "models_bytes": self.used_bytes,
+            "device_used_bytes": used_bytes(self.device),
+            "eviction": self.eviction,
+        }
+
+
+def _apply(m: Model, params: dict[str, Any]) -> None:
+    """Load parameters: replicas, min_replicas, max_replicas, max_batch_size (all positive integers)."""
+    for k in ("replicas", "min_replicas", "max_replicas", "max_batch_size"):
+        v = params.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise BadRequest(f"parameters.{k} must be a positive integer, got {v!r}")
+    if params.get("min_replicas"):
+        m.min_replicas = params["min_replicas"]
+    if params.get("max_replicas"):
+        m.max_replicas = params["max_replicas"]
+    if params.get("replicas"):
+        m.min_replicas = min(m.min_replicas, params["replicas"])
+        m.max_replicas = max(m.max_replicas, params["replicas"])
+    m.max_replicas = max(m.max_replicas, m.min_replicas)
+    if params.get("max_batch_size"):
+        m.max_batch_size = params["max_batch_size"]
+        if m.batcher:
+            m.batcher.max_batch_size = params["max_batch_size"]
 
 
 def _batch_len(inputs: dict[str, np.ndarray | ShmRef]) -> int:

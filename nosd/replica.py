@@ -42,7 +42,16 @@ def unwrap(e: BaseException) -> NosdError:
 
 
 class RayReplica:
-    def __init__(self, spec: ModelSpec, device: str, index: int, threads: int, max_inflight: int, compiled: bool):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str,
+        index: int,
+        threads: int,
+        max_inflight: int,
+        compiled: bool,
+        num_gpus: float = 0.0,
+    ):
         self.name = f"{spec.id}#{index}"
         self.index = index
         self.inflight = 0
@@ -58,7 +67,7 @@ class RayReplica:
             ray.remote(Worker)
             .options(
                 num_cpus=res.num_cpus,
-                num_gpus=res.num_gpus if device == "cuda" else 0,
+                num_gpus=num_gpus if device == "cuda" else 0,
                 max_restarts=-1,
                 max_task_retries=0,
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},

@@ -138,16 +138,21 @@ async def shm_unregister(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
+    """Body (optional): {"parameters": {"replicas", "min_replicas", "max_replicas", "max_batch_size"}}."""
     manager = _manager(request)
     name = request.match_info["name"]
     hub.get(name)
     body = await _body(request)
     params = (body.get("parameters") or {}) if isinstance(body, dict) else {}
-    replicas = params.get("replicas")
-    if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
-        raise BadRequest("parameters.replicas must be a positive integer")
-    await manager.ensure(name, replicas)
+    if not isinstance(params, dict):
+        raise BadRequest("'parameters' must be a map")
+    known = {"replicas", "min_replicas", "max_replicas", "max_batch_size"}
+    await manager.ensure(name, **{k: v for k, v in params.items() if k in known})
     return reply(request, manager.describe(name))
+
+
+async def memory(request: web.Request) -> web.Response:
+    return reply(request, request.app[MANAGER].memory())
 
 
 async def unload(request: web.Request) -> web.Response:
@@ -178,6 +183,7 @@ def make_app(manager: ModelManager, max_body_bytes: int, shm: bool = True) -> we
     app.router.add_post(f"/v2/models/{name}/infer", infer)
     app.router.add_get(f"/v2/models/{name}", model_metadata)
     app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_get("/nosd/memory", memory)
     app.router.add_post(f"/v2/repository/models/{name}/load", load)
     app.router.add_post(f"/v2/repository/models/{name}/unload", unload)
     region = "/v2/systemsharedmemory/region/{region}"

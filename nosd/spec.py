@@ -81,6 +81,8 @@ class ModelSpec(BaseModel):
     init_args: dict[str, Any] = Field(default_factory=dict)
     max_batch_size: int = Field(16, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
+    # The best batch size is the smallest near peak throughput whose batch latency stays under this.
+    latency_target_ms: float = Field(1000.0, gt=0)
     # Where weights come from (informational for users; the model's loader uses it).
     weights: str | None = None
     resources: Resources = Field(default_factory=Resources)

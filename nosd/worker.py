@@ -109,8 +109,15 @@ class Worker:
 
     def __init__(self, spec: ModelSpec, device: str, threads: int):
         import torch
+        import torch.utils.flop_counter
+
+        from nosd.profile import rss_bytes
 
         torch.set_num_threads(threads)
+        self.spec, self.device = spec, device
+        self.rss_before_load = rss_bytes()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         self.threads = threads
         self.shm = Mappings()
         self.model: Any = None
@@ -126,6 +133,19 @@ class Worker:
         if self.error is not None:
             raise self.error
         return self.info
+
+    def describe(self) -> dict[str, str]:
+        """What a catalog entry is keyed by, besides the model id."""
+        import torch
+
+        from nosd.profile import device_name
+
+        return {"device": device_name(self.device), "torch": torch.__version__}
+
+    def profile(self, seconds: float) -> Any:
+        from nosd.profile import measure
+
+        return measure(self.model, self.spec, self.device, self.rss_before_load, seconds)
 
     def pid(self) -> int:
         """A plain call the replica's watchdog uses to see the process is alive."""

@@ -15,9 +15,11 @@ CUSTOM = Path(__file__).resolve().parent / "custom_models.py"
 __all__ = ["ROOT", "Daemon", "start_daemon"]
 
 
-def start_daemon(tmp: Path, *args: str, **kw) -> Daemon:
-    """A daemon that also knows the suite's custom models (tests/custom_models.py)."""
-    return _start(tmp, "--model-module", str(CUSTOM), *args, **kw)
+def start_daemon(tmp: Path, *args: str, env: dict[str, str] | None = None, **kw) -> Daemon:
+    """A daemon that also knows the suite's custom models (tests/custom_models.py), with its own NOSD_HOME
+    (profile catalog) and short profiling runs."""
+    env = {"NOSD_HOME": str(tmp / "nosd_home"), **(env or {})}
+    return _start(tmp, "--model-module", str(CUSTOM), "--profile-seconds", "0.05", *args, env=env, **kw)
 
 
 @pytest.fixture(scope="session")

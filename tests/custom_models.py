@@ -70,3 +70,41 @@ class Sleeper:
 
         time.sleep(float(batch["seconds"][0]))
         return {"pid": np.full(len(batch["seconds"]), self.pid, dtype=np.int64)}
+
+
+class Ballast:
+    """Holds ``mb`` megabytes of touched memory: a model of known size for budget and eviction tests."""
+
+    def __init__(self, device: str, mb: int):
+        self.block = np.ones(mb * 2**20, dtype=np.uint8)
+
+    def __call__(self, batch: dict) -> dict:
+        return {"y": batch["x"] + float(self.block[0])}
+
+
+def _ballast(name: str, mb: int) -> ModelSpec:
+    return ModelSpec(
+        id=f"custom/{name}",
+        task="custom",
+        inputs=[TensorSpec(name="x", datatypes=["FP32"], shape=[-1, 4])],
+        outputs=[TensorSpec(name="y", datatypes=["FP32"], shape=[-1, 4])],
+        entrypoint="",
+        init_args={"mb": mb},
+        max_batch_size=4,
+    )
+
+
+class Ballast1(Ballast):
+    spec = _ballast("ballast1", 150)
+
+
+class Ballast2(Ballast):
+    spec = _ballast("ballast2", 150)
+
+
+class Ballast3(Ballast):
+    spec = _ballast("ballast3", 150)
+
+
+class BallastHuge(Ballast):
+    spec = _ballast("ballast-huge", 600)

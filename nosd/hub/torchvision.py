@@ -93,7 +93,8 @@ class Detector:
         }
 
 
-def _classifier(arch: str, max_batch_size: int) -> ModelSpec:
+def _classifier(arch: str) -> ModelSpec:
+    """Batch size unset on purpose: the measured profile picks it."""
     return ModelSpec(
         id=f"torchvision/{arch}",
         task="image-classification",
@@ -105,7 +106,6 @@ def _classifier(arch: str, max_batch_size: int) -> ModelSpec:
         ],
         entrypoint="nosd.hub.torchvision:Classifier",
         init_args={"arch": arch},
-        max_batch_size=max_batch_size,
         max_wait_ms=5.0,
         weights=f"torchvision:{_weights_name(arch)}",
         resources=Resources(),
@@ -123,7 +123,7 @@ def _weights_name(arch: str) -> str:
 
 
 _DET = "fasterrcnn_mobilenet_v3_large_320_fpn"
-SPECS = [_classifier(a, 16) for a in ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0")] + [
+SPECS = [_classifier(a) for a in ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0")] + [
     ModelSpec(
         id=f"torchvision/{_DET}",
         task="object-detection",

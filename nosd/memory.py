@@ -1,0 +1,55 @@
+"""Device memory: totals and usage per device (pynvml on GPU, the OS on CPU), and the budget flag."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nosd.errors import BadRequest
+
+CPU_SHARE = 0.5  # of RAM, by default: the daemon, Ray and the OS need the rest
+GPU_SHARE = 0.8
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def total_bytes(device: str) -> int:
+    if device == "cuda":
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total)
+        finally:
+            pynvml.nvmlShutdown()
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("cannot read the machine's memory from /proc/meminfo")
+
+
+def used_bytes(device: str) -> int:
+    """What the device reports in use right now (for display; budget decisions use measured profiles)."""
+    if device == "cuda":
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+        finally:
+            pynvml.nvmlShutdown()
+    info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()}
+    return info["MemTotal"] - info.get("MemAvailable", info["MemFree"])
+
+
+def parse_budget(value: str | None, device: str) -> int:
+    """``--memory-budget``: a fraction of the device (0.8) or a size (8GB, 512MiB, 123456789)."""
+    total = total_bytes(device)
+    if value is None:
+        return int(total * (GPU_SHARE if device == "cuda" else CPU_SHARE))
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", value)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise BadRequest(f"--memory-budget {value!r}: give a fraction like 0.8 or a size like 8GB or 512MiB")
+    number, unit = float(m.group(1)), m.group(2).upper()
+    if not unit and number <= 1:
+        return int(total * number)
+    return int(number * _UNITS[unit])
