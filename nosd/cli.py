@@ -69,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="time per batch size when a model is profiled on its first load",
     )
+    p.add_argument(
+        "--profile-sweep",
+        default="1,2,4,8,16,32",
+        help="batch sizes measured when a model is profiled (comma-separated)",
+    )
     p.add_argument("--autoscale-up-s", type=float, default=2.0, help="queue above target this long adds a replica")
     p.add_argument("--autoscale-down-s", type=float, default=10.0, help="idle this long removes a replica")
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")

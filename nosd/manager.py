@@ -24,8 +24,8 @@ import ray
 from nosd import hub
 from nosd.batcher import Batcher, Draining, Outputs
 from nosd.errors import BadRequest, InsufficientResources, MemoryBudgetExceeded, NosdError, NotReady
-from nosd.profile import Profile, catalog_key, load_catalog, save_profile
-from nosd.replica import RayReplica
+from nosd.profile import SWEEP, Profile, catalog_key, load_catalog, save_profile
+from nosd.replica import RayReplica, unwrap
 from nosd.shm import ShmRef
 from nosd.spec import ModelSpec
 from nosd.worker import Work
@@ -63,6 +63,7 @@ class ModelManager:
         compiled: bool = False,
         eviction: Literal["fifo", "lru"] = "fifo",
         profile_seconds: float = 1.0,
+        profile_sweep: list[int] | None = None,
     ):
         self.device = device
         self.budget = budget_bytes
@@ -70,6 +71,7 @@ class ModelManager:
         self.compiled = compiled
         self.eviction = eviction
         self.profile_seconds = profile_seconds
+        self.profile_sweep = profile_sweep or SWEEP
         self.models: dict[str, Model] = {}
         self.lock = asyncio.Lock()
         self._describe: dict[str, str] | None = None  # device name and torch version, from the first worker
@@ -129,7 +131,7 @@ class ModelManager:
                 m.replicas = replicas
                 if m.profile is None:
                     m.profile = await self._measure(spec, replicas[0])
-                    await self._make_room(m, m.profile.memory_bytes * n)
+                    await self._make_room(m, m.memory_bytes)
             except (NosdError, ray.exceptions.RayError) as e:
                 for r in replicas:
                     r.kill()
@@ -137,7 +139,9 @@ class ModelManager:
                 log.error("loading %s failed: %s", spec.id, e)
                 raise e if isinstance(e, NosdError) else NotReady(str(e)) from None
             batch = m.max_batch_size or (
-                spec.max_batch_size if "max_batch_size" in spec.model_fields_set else m.profile.best_batch_size
+                spec.max_batch_size
+                if "max_batch_size" in spec.model_fields_set or m.profile is None
+                else m.profile.best_batch_size
             )
             m.batcher = Batcher(m.replicas, batch, spec.max_wait_ms, self.max_inflight)
             m.state, m.loaded_at, m.last_used = "ready", time.monotonic(), time.monotonic()
@@ -151,13 +155,17 @@ class ModelManager:
                 self.budget / 1e6,
             )
 
-    async def _measure(self, spec: ModelSpec, replica: RayReplica) -> Profile:
+    async def _measure(self, spec: ModelSpec, replica: RayReplica) -> Profile | None:
         self._describe = await replica.actor.describe.remote()
         known = load_catalog().get(catalog_key(spec.id, **self._describe))
         if known:
             return known
         log.info("profiling %s on %s (first load)", spec.id, self._describe["device"])
-        profile: Profile = await replica.actor.profile.remote(self.profile_seconds)
+        try:
+            profile: Profile = await replica.actor.profile.remote(self.profile_seconds, self.profile_sweep)
+        except ray.exceptions.RayTaskError as e:  # serve it unmeasured: its own requests will show the error
+            log.warning("profiling %s failed, serving it unmeasured: %s", spec.id, unwrap(e))
+            return None
         save_profile(profile)
         log.info(
             "profiled %s: %.0f MB, %.3g FLOPs/sample, best batch %d",

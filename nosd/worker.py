@@ -142,10 +142,10 @@ class Worker:
 
         return {"device": device_name(self.device), "torch": torch.__version__}
 
-    def profile(self, seconds: float) -> Any:
+    def profile(self, seconds: float, sizes: list[int]) -> Any:
         from nosd.profile import measure
 
-        return measure(self.model, self.spec, self.device, self.rss_before_load, seconds)
+        return measure(self.model, self.spec, self.device, self.rss_before_load, seconds, sizes)
 
     def pid(self) -> int:
         """A plain call the replica's watchdog uses to see the process is alive."""

@@ -19,7 +19,18 @@ def start_daemon(tmp: Path, *args: str, env: dict[str, str] | None = None, **kw)
     """A daemon that also knows the suite's custom models (tests/custom_models.py), with its own NOSD_HOME
     (profile catalog) and short profiling runs."""
     env = {"NOSD_HOME": str(tmp / "nosd_home"), **(env or {})}
-    return _start(tmp, "--model-module", str(CUSTOM), "--profile-seconds", "0.05", *args, env=env, **kw)
+    return _start(
+        tmp,
+        "--model-module",
+        str(CUSTOM),
+        "--profile-seconds",
+        "0.05",
+        "--profile-sweep",
+        "1,2,4",
+        *args,
+        env=env,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,7 @@ async def test_32_concurrent_clients_are_batched_and_get_their_own_answers(daemo
     rng = np.random.default_rng(2)
     batch = rng.integers(0, 256, (32, 1, 64, 64, 3), dtype=np.uint8)
     with Client(daemon.url) as c:
+        c.load(RESNET, max_batch_size=8)  # whatever the profile picked, let this test's batches form
         alone = [c.infer(RESNET, {"images": b})["logits"] for b in batch]
     async with AsyncClient(daemon.url) as ac:
         results = await asyncio.gather(*(ac.infer_result(RESNET, {"images": b}) for b in batch))
