@@ -149,7 +149,7 @@ def profile_main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     from tqdm import tqdm
 
-    from nosd.profile import measure, rss_bytes, save_profile
+    from nosd.profile import baseline_rss, measure, save_profile
     from nosd.worker import resolve
 
     for module in args.model_module:
@@ -159,7 +159,7 @@ def profile_main(argv: list[str]) -> None:
     except NosdError as e:
         raise SystemExit(f"nosd profile: {e}") from None
     device = "cuda" if args.runtime == "gpu" else "cpu"
-    before = rss_bytes()
+    before = baseline_rss()
     print(f"loading {spec.id} on {device} ...", file=sys.stderr)
     model = resolve(spec.entrypoint)(device, **spec.init_args)
     prof = measure(

@@ -12,33 +12,29 @@ GPU_SHARE = 0.8
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-def total_bytes(device: str) -> int:
+def _device_memory(device: str) -> tuple[int, int]:
+    """(total, used) bytes: pynvml for the first GPU, /proc/meminfo for RAM."""
     if device == "cuda":
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total)
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+            return int(info.total), int(info.used)
         finally:
             pynvml.nvmlShutdown()
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("cannot read the machine's memory from /proc/meminfo")
+    lines = Path("/proc/meminfo").read_text().splitlines()
+    kb = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines}
+    return kb["MemTotal"], kb["MemTotal"] - kb.get("MemAvailable", kb["MemFree"])
+
+
+def total_bytes(device: str) -> int:
+    return _device_memory(device)[0]
 
 
 def used_bytes(device: str) -> int:
     """What the device reports in use right now (for display; budget decisions use measured profiles)."""
-    if device == "cuda":
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
-        finally:
-            pynvml.nvmlShutdown()
-    info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()}
-    return info["MemTotal"] - info.get("MemAvailable", info["MemFree"])
+    return _device_memory(device)[1]
 
 
 def parse_budget(value: str | None, device: str) -> int:

@@ -99,6 +99,13 @@ def rss_bytes() -> int:
         return peak_rss_bytes()
 
 
+def baseline_rss() -> int:
+    """Resident memory before a model loads, with torch and the FLOP counter already imported (not the model's)."""
+    import torch.utils.flop_counter  # noqa: F401
+
+    return rss_bytes()
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

@@ -109,13 +109,12 @@ class Worker:
 
     def __init__(self, spec: ModelSpec, device: str, threads: int):
         import torch
-        import torch.utils.flop_counter
 
-        from nosd.profile import rss_bytes
+        from nosd.profile import baseline_rss
 
         torch.set_num_threads(threads)
         self.spec, self.device = spec, device
-        self.rss_before_load = rss_bytes()
+        self.rss_before_load = baseline_rss()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.threads = threads

@@ -1,7 +1,9 @@
 """nosd clients: the same calls, blocking (``Client``) or as coroutines (``AsyncClient``).
 
-Both speak msgpack and share every line that is not I/O (request building and
-response parsing live in module functions below), so they cannot drift apart.
+Both speak msgpack and share every line that is not I/O: each call is a
+generator (a "flow") that yields the HTTP requests it needs and receives their
+responses; ``Client`` drives flows with blocking I/O, ``AsyncClient`` with
+``await``. So the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import atexit
 import itertools
 import secrets
 import weakref
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -23,6 +26,9 @@ from nosclient.codec import MSGPACK, content_type_of, decode_tensor, dumps, enco
 TRANSPORTS = ("http", "shm", "auto")
 _HEADERS = {"Content-Type": MSGPACK, "Accept": MSGPACK}
 _ids = itertools.count()
+T = TypeVar("T")
+Call = tuple[str, str, bytes | None]  # method, path, body
+Flow = Generator[Call, httpx.Response, T]
 
 
 class NosdError(Exception):
@@ -101,16 +107,6 @@ def _shm_body(p: shm.Plan, parameters: dict[str, Any]) -> bytes:
     return dumps(body, MSGPACK)
 
 
-def _register_path(region: str) -> str:
-    return f"/v2/systemsharedmemory/region/{region}/register"
-
-
-def _probe_plan(pool: shm.Pool) -> tuple[np.ndarray, shm.Plan]:
-    """A nonce in a fresh region, echoed by nosd/identity over HTTP: equal bytes prove a shared /dev/shm."""
-    nonce = np.frombuffer(secrets.token_bytes(16), np.uint8)[None]
-    return nonce, shm.plan(pool, {"x": nonce}, {"outputs": [{"name": "y"}]}, None)
-
-
 def _close_at_exit(ref: weakref.ref) -> None:
     client = ref()
     if client is not None and client._pool is not None:
@@ -123,7 +119,7 @@ def _check_transport(transport: str) -> None:
 
 
 class _Base:
-    """What both clients keep: the transport, a shared-memory pool, cached model metadata."""
+    """Everything but the I/O: the transport, a shared-memory pool, cached model metadata, and the flows."""
 
     def __init__(self, transport: str):
         _check_transport(transport)
@@ -134,17 +130,69 @@ class _Base:
         if self._pool is not None:
             atexit.register(_close_at_exit, weakref.ref(self))
 
-    def _begin(self) -> None:
-        """A new call: the views of the previous ``zero_copy`` call end here, their regions go back to the pool."""
-        if self._held and self._pool is not None:
-            self._pool.release(self._held)
-        self._held = []
+    # -- flows: yield (method, path, body), receive the response ------------------------------------------------
 
-    def _end(self, p: shm.Plan, zero_copy: bool) -> None:
+    def _infer_flow(
+        self, model: str, inputs: dict[str, Any], outputs: list[str] | None, zero_copy: bool, parameters: dict
+    ) -> Flow[InferResult]:
+        if self.transport == "auto":
+            self._settle((yield from self._probe_flow()))
+        arrays = _arrays(inputs) if self.transport == "shm" else None
+        if arrays is None:  # plain HTTP, or BYTES inputs that travel in the body anyway
+            resp = yield ("POST", _model_path(model) + "/infer", _infer_body(inputs, outputs, parameters))
+            return _infer_result(_parse(resp))
         assert self._pool is not None
-        keep = set(map(id, p.outputs.values())) if zero_copy else set()
-        self._pool.release([s for s in p.leases if id(s) not in keep])
-        self._held = [s for s in p.leases if id(s) in keep]
+        if model not in self._meta:
+            self._meta[model] = _parse((yield ("GET", _model_path(model), None)))
+        if self._held:  # the previous zero_copy call's views end here
+            self._pool.release(self._held)
+            self._held = []
+        p = shm.plan(self._pool, arrays, self._meta[model], outputs)
+        keep: list[shm.Segment] = []
+        try:
+            yield from self._register_flow(p.new)
+            resp = yield ("POST", _model_path(model) + "/infer", _shm_body(p, parameters))
+            result = _infer_result(_parse(resp), p, copy=not zero_copy)
+            keep = list(p.outputs.values()) if zero_copy else []
+            return result
+        finally:
+            self._pool.release([s for s in p.leases if all(s is not k for k in keep)])
+            self._held = keep
+
+    def _probe_flow(self) -> Flow[bool]:
+        """A nonce in a fresh region, echoed by nosd/identity over HTTP: equal bytes prove a shared /dev/shm."""
+        assert self._pool is not None
+        nonce = np.frombuffer(secrets.token_bytes(16), np.uint8)[None]
+        p = shm.plan(self._pool, {"x": nonce}, {"outputs": [{"name": "y"}]}, None)
+        try:
+            yield from self._register_flow(p.new)
+            resp = yield ("POST", _model_path("nosd/identity") + "/infer", _shm_body(p, {}))
+            return bool(np.array_equal(_infer_result(_parse(resp)).outputs.get("y"), nonce))
+        except (NosdError, httpx.HTTPError, ValueError):
+            return False
+        finally:
+            self._pool.release(p.leases)
+
+    def _register_flow(self, segs: list[shm.Segment]) -> Flow[None]:
+        for seg in segs:
+            body = dumps({"key": seg.key, "offset": 0, "byte_size": seg.size}, MSGPACK)
+            _parse((yield ("POST", f"/v2/systemsharedmemory/region/{seg.region}/register", body)))
+            seg.registered = True
+
+    def _close_flow(self) -> Flow[None]:
+        """Unlink this client's regions and unregister them (the server would also drop them by itself)."""
+        if self._pool is None:
+            return
+        for seg in self._pool.close():
+            if seg.registered:
+                try:
+                    yield ("POST", f"/v2/systemsharedmemory/region/{seg.region}/unregister", b"")
+                except httpx.HTTPError:
+                    pass
+
+    def _load_flow(self, model: str, parameters: dict[str, Any]) -> Flow[dict[str, Any]]:
+        body = dumps({"parameters": parameters}, MSGPACK)
+        return _parse((yield ("POST", "/v2/repository/models/" + quote(model, safe="/") + "/load", body)))
 
     def _settle(self, shm_works: bool) -> None:
         """After the auto probe: keep shared memory, or drop the pool (and the probe's region) for plain HTTP."""
@@ -165,24 +213,20 @@ class Client(_Base):
         super().__init__(transport)
         self._http = httpx.Client(base_url=url, timeout=timeout, headers=_HEADERS)
         if transport == "auto":
-            self._settle(self._probe())
+            self._settle(self._run(self._probe_flow()))
 
-    def _probe(self) -> bool:
-        assert self._pool is not None
+    def _run(self, flow: Flow[T]) -> T:
         try:
-            nonce, p = _probe_plan(self._pool)
-            self._register(p.new)
-            body = _parse(self._http.post(_model_path("nosd/identity") + "/infer", content=_shm_body(p, {})))
-            self._pool.release(p.leases)
-            return bool(np.array_equal(_infer_result(body).outputs.get("y"), nonce))
-        except (NosdError, httpx.HTTPError, ValueError):
-            return False
-
-    def _register(self, segs: list[shm.Segment]) -> None:
-        for seg in segs:
-            body = dumps({"key": seg.key, "offset": 0, "byte_size": seg.size}, MSGPACK)
-            _parse(self._http.post(_register_path(seg.region), content=body))
-            seg.registered = True
+            call = next(flow)
+            while True:
+                try:
+                    resp = self._http.request(call[0], call[1], content=call[2])
+                except httpx.HTTPError as e:
+                    call = flow.throw(e)
+                    continue
+                call = flow.send(resp)
+        except StopIteration as done:
+            return done.value
 
     def infer(
         self,
@@ -191,7 +235,7 @@ class Client(_Base):
         outputs: list[str] | None = None,
         zero_copy: bool = False,
         **parameters: Any,
-    ):
+    ) -> dict[str, Any]:
         """``zero_copy`` (shm transport): outputs are read-only views of their regions, valid until the next call."""
         return self.infer_result(model, inputs, outputs, zero_copy, **parameters).outputs
 
@@ -204,23 +248,7 @@ class Client(_Base):
         **parameters: Any,
     ) -> InferResult:
         """Like ``infer`` but also returns the response parameters (batch_size, queue_ms, compute_ms, ...)."""
-        arrays = _arrays(inputs) if self.transport == "shm" else None
-        if arrays is None:
-            body = _infer_body(inputs, outputs, parameters)
-            return _infer_result(_parse(self._http.post(_model_path(model) + "/infer", content=body)))
-        assert self._pool is not None
-        if model not in self._meta:
-            self._meta[model] = self.metadata(model)
-        self._begin()
-        p = shm.plan(self._pool, arrays, self._meta[model], outputs)
-        ok = False
-        try:
-            self._register(p.new)
-            resp = _parse(self._http.post(_model_path(model) + "/infer", content=_shm_body(p, parameters)))
-            result, ok = _infer_result(resp, p, copy=not zero_copy), True
-            return result
-        finally:
-            self._end(p, zero_copy and ok)
+        return self._run(self._infer_flow(model, inputs, outputs, zero_copy, parameters))
 
     def models(self) -> list[dict[str, Any]]:
         return _parse(self._http.get("/v2/models"))["models"]
@@ -229,8 +257,7 @@ class Client(_Base):
         return _parse(self._http.get(_model_path(model)))
 
     def load(self, model: str, **parameters: Any) -> dict[str, Any]:
-        body = dumps({"parameters": parameters}, MSGPACK)
-        return _parse(self._http.post("/v2/repository/models/" + quote(model, safe="/") + "/load", content=body))
+        return self._run(self._load_flow(model, parameters))
 
     def unload(self, model: str) -> dict[str, Any]:
         return _parse(self._http.post("/v2/repository/models/" + quote(model, safe="/") + "/unload", content=b""))
@@ -241,13 +268,7 @@ class Client(_Base):
 
     def close(self) -> None:
         """Unregister and unlink this client's regions, close the connections."""
-        if self._pool is not None:
-            for seg in self._pool.close():
-                if seg.registered:
-                    try:
-                        self._http.post(f"/v2/systemsharedmemory/region/{seg.region}/unregister", content=b"")
-                    except httpx.HTTPError:
-                        pass  # the server drops registrations of vanished segments by itself
+        self._run(self._close_flow())
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -265,22 +286,18 @@ class AsyncClient(_Base):
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         self._http = httpx.AsyncClient(base_url=url, timeout=timeout, headers=_HEADERS, limits=limits)
 
-    async def _probe(self) -> bool:
-        assert self._pool is not None
+    async def _run(self, flow: Flow[T]) -> T:
         try:
-            nonce, p = _probe_plan(self._pool)
-            await self._register(p.new)
-            body = _parse(await self._http.post(_model_path("nosd/identity") + "/infer", content=_shm_body(p, {})))
-            self._pool.release(p.leases)
-            return bool(np.array_equal(_infer_result(body).outputs.get("y"), nonce))
-        except (NosdError, httpx.HTTPError, ValueError):
-            return False
-
-    async def _register(self, segs: list[shm.Segment]) -> None:
-        for seg in segs:
-            body = dumps({"key": seg.key, "offset": 0, "byte_size": seg.size}, MSGPACK)
-            _parse(await self._http.post(_register_path(seg.region), content=body))
-            seg.registered = True
+            call = next(flow)
+            while True:
+                try:
+                    resp = await self._http.request(call[0], call[1], content=call[2])
+                except httpx.HTTPError as e:
+                    call = flow.throw(e)
+                    continue
+                call = flow.send(resp)
+        except StopIteration as done:
+            return done.value
 
     async def infer(
         self,
@@ -289,7 +306,7 @@ class AsyncClient(_Base):
         outputs: list[str] | None = None,
         zero_copy: bool = False,
         **parameters: Any,
-    ):
+    ) -> dict[str, Any]:
         return (await self.infer_result(model, inputs, outputs, zero_copy, **parameters)).outputs
 
     async def infer_result(
@@ -300,25 +317,7 @@ class AsyncClient(_Base):
         zero_copy: bool = False,
         **parameters: Any,
     ) -> InferResult:
-        if self.transport == "auto":
-            self._settle(await self._probe())
-        arrays = _arrays(inputs) if self.transport == "shm" else None
-        if arrays is None:
-            body = _infer_body(inputs, outputs, parameters)
-            return _infer_result(_parse(await self._http.post(_model_path(model) + "/infer", content=body)))
-        assert self._pool is not None
-        if model not in self._meta:
-            self._meta[model] = await self.metadata(model)
-        self._begin()
-        p = shm.plan(self._pool, arrays, self._meta[model], outputs)
-        ok = False
-        try:
-            await self._register(p.new)
-            resp = _parse(await self._http.post(_model_path(model) + "/infer", content=_shm_body(p, parameters)))
-            result, ok = _infer_result(resp, p, copy=not zero_copy), True
-            return result
-        finally:
-            self._end(p, zero_copy and ok)
+        return await self._run(self._infer_flow(model, inputs, outputs, zero_copy, parameters))
 
     async def models(self) -> list[dict[str, Any]]:
         return _parse(await self._http.get("/v2/models"))["models"]
@@ -327,9 +326,7 @@ class AsyncClient(_Base):
         return _parse(await self._http.get(_model_path(model)))
 
     async def load(self, model: str, **parameters: Any) -> dict[str, Any]:
-        body = dumps({"parameters": parameters}, MSGPACK)
-        path = "/v2/repository/models/" + quote(model, safe="/") + "/load"
-        return _parse(await self._http.post(path, content=body))
+        return await self._run(self._load_flow(model, parameters))
 
     async def unload(self, model: str) -> dict[str, Any]:
         path = "/v2/repository/models/" + quote(model, safe="/") + "/unload"
@@ -340,13 +337,7 @@ class AsyncClient(_Base):
         return (await self._http.get(path)).status_code == 200
 
     async def close(self) -> None:
-        if self._pool is not None:
-            for seg in self._pool.close():
-                if seg.registered:
-                    try:
-                        await self._http.post(f"/v2/systemsharedmemory/region/{seg.region}/unregister", content=b"")
-                    except httpx.HTTPError:
-                        pass
+        await self._run(self._close_flow())
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
