@@ -25,6 +25,11 @@ log = logging.getLogger("nosd")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nosd", description="Serve PyTorch vision models over KServe v2 (msgpack/JSON).")
     p.add_argument(
+        "--exit-on-error",
+        action="store_true",
+        help="exit when a model named by --models fails to load (default: log it and serve the rest)",
+    )
+    p.add_argument(
         "--runtime",
         choices=["auto", "cpu", "gpu"],
         default="auto",
@@ -125,7 +130,12 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         for model_id in filter(None, (m.strip() for m in args.models.split(","))):
-            await manager.ensure(model_id)
+            try:
+                await manager.ensure(model_id)
+            except NosdError as e:  # serve the others; GET /v2/models/{id} shows the error
+                if args.exit_on_error:
+                    raise
+                log.error("--models %s could not be loaded (serving the rest): %s", model_id, e)
         app[READY]["ready"] = True
         log.info("ready")
         await stop.wait()

@@ -69,3 +69,26 @@ def test_gpu_runtime_without_a_gpu_fails_with_a_clear_message(tmp_path) -> None:
         assert "--runtime gpu, but Ray sees no GPU" in str(e)
     else:  # pragma: no cover - only on a GPU machine
         raise AssertionError("expected nosd to refuse --runtime gpu without a GPU")
+
+
+def test_a_preloaded_model_that_cannot_load_is_reported_and_the_rest_are_served(tmp_path) -> None:
+    d = start_daemon(tmp_path, "--models", "nosd/identity,torchvision/resnet50", env={"TORCH_HOME": str(tmp_path)})
+    try:
+        with Client(d.url) as c:
+            assert c.ready() and c.ready("nosd/identity") and not c.ready("torchvision/resnet50")
+            state = c.metadata("torchvision/resnet50")["state"]
+            assert state["state"] == "failed" and "resnet50-11ad3fa6.pth is missing" in state["error"]
+    finally:
+        assert d.stop() == 0
+
+
+def test_exit_on_error_makes_a_failed_preload_fatal(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match=r"resnet50-11ad3fa6\.pth is missing"):
+        start_daemon(
+            tmp_path,
+            "--exit-on-error",
+            "--models",
+            "torchvision/resnet50",
+            env={"TORCH_HOME": str(tmp_path)},
+            timeout=120,
+        )
