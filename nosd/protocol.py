@@ -26,6 +26,7 @@ from nosclient.codec import (
     encode_tensor,
     loads,
     raw_bytes,
+    shape_of,
     to_array,
     unpack_bytes,
 )
@@ -114,24 +115,17 @@ def _input(t: Any, spec: ModelSpec, tail: _Tail, shm: Registry | None) -> tuple[
     if "shared_memory_region" in params:
         if shm is None:
             raise BadRequest("shared memory is disabled on this server (--no-shm); send the data in the body")
-        shape = tuple(_shape_of(t))
+        shape = shape_of(t.get("shape"), name)
         _check_shape(want, shape, datatype)
         return name, shm.ref(params, datatype, shape, f"input '{name}'")
     if binary_size is not None:
         part = tail.take(binary_size, name)
         data: Any = unpack_bytes(part, name) if datatype == "BYTES" else part
-        arr = to_array(name, datatype, tuple(_shape_of(t)), data)
+        arr = to_array(name, datatype, shape_of(t.get("shape"), name), data)
     else:
         name, arr = decode_tensor(t)
     _check_shape(want, arr.shape, datatype)
     return name, arr
-
-
-def _shape_of(t: dict[str, Any]) -> list[int]:
-    shape = t.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise BadRequest(f"tensor '{t.get('name')}': 'shape' must be a list of non-negative integers, got {shape!r}")
-    return shape
 
 
 def parse_infer(body: Body, spec: ModelSpec, shm: Registry | None) -> InferRequest:

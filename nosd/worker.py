@@ -33,11 +33,6 @@ class Work:
     wanted: list[str] | None = None  # None: every output
     out_refs: dict[str, ShmRef] = field(default_factory=dict)
 
-    @property
-    def n(self) -> int:
-        first = next(iter(self.inputs.values()))
-        return first.shape[0] if isinstance(first, np.ndarray) else (first.shape or (0,))[0]
-
 
 def resolve(entrypoint: str) -> Any:
     """``module:Class`` or ``path/to/file.py:Class`` -> the class."""

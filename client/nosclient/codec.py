@@ -50,7 +50,8 @@ def datatype_of(arr: np.ndarray) -> str:
     return name
 
 
-def _shape(value: Any, name: str) -> tuple[int, ...]:
+def shape_of(value: Any, name: str) -> tuple[int, ...]:
+    """A wire shape, checked: a list of non-negative integers."""
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
@@ -68,7 +69,7 @@ def decode_tensor(t: Any) -> tuple[str, np.ndarray]:
     datatype = t.get("datatype")
     if datatype not in DATATYPES:
         raise TensorError(f"tensor '{name}': unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
-    shape = _shape(t.get("shape"), name)
+    shape = shape_of(t.get("shape"), name)
     if "data" not in t:
         raise TensorError(f"tensor '{name}' has no 'data'")
     return name, to_array(name, datatype, shape, t["data"])
