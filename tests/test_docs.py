@@ -24,3 +24,11 @@ def test_curl_json_example_runs(daemon) -> None:
     cmd = _block("bash").replace("http://127.0.0.1:8000", daemon.url).replace("\\\n", " ")
     out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30, check=True).stdout
     assert '"data":[1,2,3,4]' in out
+
+
+def test_readme_quick_start_finds_the_face(daemon) -> None:
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1).replace("http://127.0.0.1:8000", daemon.url)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["out"]["num_detections"].tolist() == [1]
