@@ -70,13 +70,13 @@ def collate(requests: list[dict[str, np.ndarray]]) -> tuple[Batch, list[int]]:
 
 
 def _pad_stack(samples: list[np.ndarray]) -> np.ndarray:
-    """Ragged per-sample outputs (detections) -> one array padded with zeros to the longest."""
+    """Ragged per-sample outputs (detections, masks of different sizes) -> one array, zero-padded on every axis."""
     if not samples:
         return np.zeros((0,), np.float32)
-    longest = max(s.shape[0] for s in samples)
-    out = np.zeros((len(samples), longest, *samples[0].shape[1:]), dtype=samples[0].dtype)
+    shape = np.max([s.shape for s in samples], axis=0)
+    out = np.zeros((len(samples), *shape), dtype=samples[0].dtype)
     for i, s in enumerate(samples):
-        out[i, : s.shape[0]] = s
+        out[(i, *(slice(0, d) for d in s.shape))] = s
     return out
 
 

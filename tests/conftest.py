@@ -44,7 +44,11 @@ def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("torch_home")
     ckpt = home / "hub" / "checkpoints"
     ckpt.mkdir(parents=True)
-    for arch, extra in (("resnet18", {}), ("fasterrcnn_mobilenet_v3_large_320_fpn", {"weights_backbone": None})):
+    for arch, extra in (
+        ("resnet18", {}),
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", {"weights_backbone": None}),
+        ("lraspp_mobilenet_v3_large", {"weights_backbone": None}),
+    ):
         torch.manual_seed(0)
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         model = torchvision.models.get_model(arch, weights=None, **extra)

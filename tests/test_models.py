@@ -182,3 +182,33 @@ def test_a_killed_worker_fails_in_flight_requests_with_503_then_comes_back(reque
                 assert e.status == 503 and time.monotonic() < deadline
                 time.sleep(0.5)
         assert new_pid != pid
+
+
+def test_embeddings_are_unit_length_pooled_resnet18_features(daemon, images, torch_home) -> None:
+    with Client(daemon.url) as c:
+        emb = c.infer("torchvision/resnet18-embedding", {"images": images[:2]})["embedding"]
+    assert emb.shape == (2, 512)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    model = torchvision.models.resnet18()
+    model.load_state_dict(torch.load(torch_home / "hub/checkpoints" / os.path.basename(weights.url)))
+    model.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        ref = model.eval()(weights.transforms()(torch.from_numpy(images[:2]).permute(0, 3, 1, 2)))
+    np.testing.assert_allclose(emb, torch.nn.functional.normalize(ref, dim=1).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_segmentation_masks_have_the_input_size_and_voc_classes(daemon) -> None:
+    rng = np.random.default_rng(4)
+    small = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    large = rng.integers(0, 256, (80, 40, 3), dtype=np.uint8)
+    png = [
+        torchvision.io.encode_png(torch.from_numpy(a).permute(2, 0, 1).contiguous()).numpy().tobytes()
+        for a in (small, large)
+    ]
+    with Client(daemon.url) as c:
+        one = c.infer("torchvision/lraspp_mobilenet_v3_large", {"images": small[None]})["mask"]
+        two = c.infer("torchvision/lraspp_mobilenet_v3_large", {"images": png})["mask"]
+    assert one.shape == (1, 48, 64) and one.dtype == np.uint8 and one.max() < 21
+    assert two.shape == (2, 80, 64)  # images of different sizes: padded to the largest on every axis
+    np.testing.assert_array_equal(two[0, :48, :64], one[0])

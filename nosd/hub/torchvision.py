@@ -82,15 +82,58 @@ class Detector:
         self.categories = self.weights.meta["categories"]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
         x = image_tensors(batch["images"])
         images = [self.transforms(img).to(self.device) for img in x]
         dets = self.model(images)
         return {
             "boxes": [d["boxes"].float().cpu().numpy() for d in dets],
             "scores": [d["scores"].float().cpu().numpy() for d in dets],
-            "labels": [d["labels"].to(dtype=__import__("torch").int64).cpu().numpy() for d in dets],
+            "labels": [d["labels"].to(torch.int64).cpu().numpy() for d in dets],
             "num_detections": np.array([len(d["boxes"]) for d in dets], dtype=np.int32),
         }
+
+
+class Embedder(Classifier):
+    """A classifier's pooled features (its last layer removed), L2-normalised: an image embedding."""
+
+    def __init__(self, device: str, arch: str):
+        import torch
+
+        super().__init__(device, arch)
+        self.model.fc = torch.nn.Identity()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        x = self.preprocess(batch["images"]).to(self.device)
+        return {"embedding": torch.nn.functional.normalize(self.model(x).float(), dim=1).cpu().numpy()}
+
+
+class Segmenter:
+    """Semantic segmentation (21 Pascal VOC classes): one class id per input pixel."""
+
+    def __init__(self, device: str, arch: str):
+        import torchvision
+
+        self.device = device
+        self.weights = _weights(arch)
+        self.model = torchvision.models.get_model(arch, weights=None, weights_backbone=None)
+        self.model.load_state_dict(torchvision_state_dict(self.weights))
+        self.model.eval().to(device)
+        self.transforms = self.weights.transforms()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        import torch.nn.functional as F
+
+        masks = []
+        for img in image_tensors(batch["images"]):
+            logits = self.model(self.transforms(img)[None].to(self.device))["out"]
+            full = F.interpolate(logits, size=img.shape[1:], mode="bilinear", align_corners=False)
+            masks.append(full.argmax(1)[0].to(torch.uint8).cpu().numpy())
+        return {"mask": masks}
 
 
 def _classifier(arch: str) -> ModelSpec:
@@ -119,6 +162,7 @@ def _weights_name(arch: str) -> str:
         "mobilenet_v3_large": "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
         "efficientnet_b0": "EfficientNet_B0_Weights.IMAGENET1K_V1",
         "fasterrcnn_mobilenet_v3_large_320_fpn": "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1",
+        "lraspp_mobilenet_v3_large": "LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1",
     }[arch]
 
 
@@ -147,6 +191,39 @@ SPECS = [_classifier(a) for a in ("resnet18", "resnet50", "mobilenet_v3_large", 
         weights=f"torchvision:{_weights_name(_DET)}",
         resources=Resources(),
     )
+]
+
+SPECS += [
+    ModelSpec(
+        id="torchvision/resnet18-embedding",
+        task="embedding",
+        description="resnet18's pooled ImageNet features, L2-normalised (cosine similarity = dot product)",
+        inputs=[IMAGES],
+        outputs=[TensorSpec(name="embedding", datatypes=["FP32"], shape=[-1, 512])],
+        entrypoint="nosd.hub.torchvision:Embedder",
+        init_args={"arch": "resnet18"},
+        max_wait_ms=5.0,
+        weights=f"torchvision:{_weights_name('resnet18')}",
+    ),
+    ModelSpec(
+        id="torchvision/lraspp_mobilenet_v3_large",
+        task="segmentation",
+        description="torchvision LR-ASPP MobileNetV3-Large, 21 Pascal VOC classes (0 = background)",
+        inputs=[IMAGES],
+        outputs=[
+            TensorSpec(
+                name="mask",
+                datatypes=["UINT8"],
+                shape=[-1, -1, -1],
+                description="class id per input pixel; padded with 0 past an image's own size",
+            )
+        ],
+        entrypoint="nosd.hub.torchvision:Segmenter",
+        init_args={"arch": "lraspp_mobilenet_v3_large"},
+        max_batch_size=4,
+        max_wait_ms=5.0,
+        weights=f"torchvision:{_weights_name('lraspp_mobilenet_v3_large')}",
+    ),
 ]
 
 
