@@ -32,3 +32,12 @@ def test_readme_quick_start_finds_the_face(daemon) -> None:
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["out"]["num_detections"].tolist() == [1]
+
+
+def test_models_doc_is_generated_from_the_current_specs() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "gen_models_doc.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (ROOT / "docs" / "models.md").read_text() == gen.render(), "run scripts/gen_models_doc.py"
