@@ -188,7 +188,7 @@ class ModelManager:
             others = [x for x in self.models.values() if x is not m and x.state == "ready"]
             if not others:
                 return
-            victim = min(others, key=lambda x: x.loaded_at if self.eviction == "fifo" else x.last_used)
+            victim = self._victim(others)
             log.info(
                 "evicting %s (%s, %.0f MB) to fit %s (%.0f MB) in the %.0f MB budget",
                 victim.spec.id,
@@ -233,20 +233,32 @@ class ModelManager:
         return RayReplica(m.spec, self.device, index, threads, self.max_inflight, self.compiled, gpus)
 
     async def _wait_for_resources(self, spec: ModelSpec, n: int, patience_s: float = 10.0) -> None:
-        """Fail fast with a clear message instead of leaving an actor pending forever in Ray's queue."""
+        """Make sure Ray can place the replicas: evict other models (same policy as memory) when its CPU/GPU
+        shares are taken, and fail with a clear message rather than leave an actor pending in Ray's queue."""
         need = {"CPU": spec.resources.num_cpus * n}
         deadline = asyncio.get_running_loop().time() + patience_s
+        last_eviction = -1e9
         while True:
             free = await asyncio.to_thread(ray.available_resources)  # lags a moment behind unloads: retry
             short = {k: (v, free.get(k, 0.0)) for k, v in need.items() if free.get(k, 0.0) + 1e-6 < v}
             if not short:
                 return
-            if asyncio.get_running_loop().time() > deadline:
+            now = asyncio.get_running_loop().time()
+            others = [x for x in self.models.values() if x.spec.id != spec.id and x.state == "ready"]
+            if others and now - last_eviction > 2.0:  # give Ray's view a moment to catch up between evictions
+                victim = self._victim(others)
+                log.info("evicting %s (%s) to free Ray resources for %s", victim.spec.id, self.eviction, spec.id)
+                await self._unload(victim)
+                last_eviction, deadline = now, now + patience_s
+            elif now > deadline:
                 detail = ", ".join(f"{k} {v:g} needed, {f:g} free" for k, (v, f) in short.items())
                 raise InsufficientResources(
                     f"cannot place {n} replica(s) of {spec.id}: {detail}; unload a model or add Ray resources"
                 )
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.2)
+
+    def _victim(self, candidates: list[Model]) -> Model:
+        return min(candidates, key=lambda x: x.loaded_at if self.eviction == "fifo" else x.last_used)
 
     async def forget_segment(self, key: str) -> None:
         """A region was unregistered: every replica unmaps its segment."""

@@ -69,6 +69,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> Iterat
         "nosd/identity",
         "--max-body-mb",
         "8",
+        "--ray-cpus",
+        "4",  # room for every model the suite loads (0.25 CPU share each) without evictions
         env={"TORCH_HOME": str(torch_home)},
     )
     yield d

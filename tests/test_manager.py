@@ -121,3 +121,18 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(tmp_path
         assert "autoscale custom/sleeper: 1 -> 2" in log and "autoscale custom/sleeper: 2 -> 1" in log
     finally:
         assert d.stop() == 0
+
+
+def test_models_are_evicted_when_ray_has_no_cpu_share_left(tmp_path) -> None:
+    # --ray-cpus 1 places four 0.25-CPU replicas, not five: the fifth load evicts the oldest
+    d = start_daemon(tmp_path, "--ray-cpus", "1", "--memory-budget", "0.5")
+    try:
+        with Client(d.url) as c:
+            for model in ("custom/scaler", "custom/ballast1", "custom/ballast2", "custom/ballast3"):
+                c.infer(model, X)
+            assert c.infer("custom/sleeper", {"seconds": np.zeros(1, np.float32)})["pid"].shape == (1,)
+            states = {m["name"]: m["state"] for m in c.models()}
+        assert states["custom/scaler"] == "unloaded" and states["custom/ballast1"] == "ready"
+        assert "evicting custom/scaler (fifo) to free Ray resources for custom/sleeper" in d.log.read_text()
+    finally:
+        assert d.stop() == 0

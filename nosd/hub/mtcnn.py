@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nosd.hub.torchvision import IMAGES, image_tensors
+from nosd.hub.torchvision import BOXES, COUNT, IMAGES, SCORES, image_tensors
 from nosd.spec import ModelSpec, TensorSpec
 from nosd.weights import WheelWeights
 
@@ -235,20 +235,15 @@ SPECS = [
         description="MTCNN face detector, pretrained weights from the facenet-pytorch wheel (nosd pull facenet/mtcnn)",
         inputs=[IMAGES],
         outputs=[
-            TensorSpec(
-                name="boxes",
-                datatypes=["FP32"],
-                shape=[-1, -1, 4],
-                description="x1,y1,x2,y2 in input pixels; rows past num_detections are zero padding",
-            ),
-            TensorSpec(name="scores", datatypes=["FP32"], shape=[-1, -1]),
+            BOXES,
+            SCORES,
             TensorSpec(
                 name="landmarks",
                 datatypes=["FP32"],
                 shape=[-1, -1, 5, 2],
                 description="eyes, nose, mouth corners as (x, y) in input pixels",
             ),
-            TensorSpec(name="num_detections", datatypes=["INT32"], shape=[-1]),
+            COUNT,
         ],
         entrypoint="nosd.hub.mtcnn:MTCNN",
         max_batch_size=4,

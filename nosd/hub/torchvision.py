@@ -17,6 +17,16 @@ IMAGES = TensorSpec(
 )
 
 
+BOXES = TensorSpec(
+    name="boxes",
+    datatypes=["FP32"],
+    shape=[-1, -1, 4],
+    description="x1,y1,x2,y2 in input pixels; rows past num_detections are zero padding",
+)
+SCORES = TensorSpec(name="scores", datatypes=["FP32"], shape=[-1, -1])
+COUNT = TensorSpec(name="num_detections", datatypes=["INT32"], shape=[-1])
+
+
 def image_tensors(images: np.ndarray | list[np.ndarray]) -> Any:
     """Wire images -> uint8 CHW torch tensors: one [N,3,H,W] tensor when sizes agree, else a list."""
     import torch
@@ -39,18 +49,28 @@ def _weights(arch: str) -> Any:
     return torchvision.models.get_model_weights(arch).DEFAULT
 
 
-class Classifier:
-    """ImageNet classifier: ``logits`` [N,1000] and the top-1 ``label``."""
+class TorchvisionModel:
+    """A torchvision architecture with its weights enum's state dict and ``transforms()``."""
+
+    backbone_arg = False  # detection/segmentation builders take weights_backbone (None: ours come whole)
 
     def __init__(self, device: str, arch: str):
         import torchvision
 
         self.device = device
         self.weights = _weights(arch)
-        self.model = torchvision.models.get_model(arch, weights=None)
+        extra = {"weights_backbone": None} if self.backbone_arg else {}
+        self.model = torchvision.models.get_model(arch, weights=None, **extra)
         self.model.load_state_dict(torchvision_state_dict(self.weights))
         self.model.eval().to(device)
         self.transforms = self.weights.transforms()
+
+
+class Classifier(TorchvisionModel):
+    """ImageNet classifier: ``logits`` [N,1000] and the top-1 ``label``."""
+
+    def __init__(self, device: str, arch: str):
+        super().__init__(device, arch)
         self.categories = np.array([c.encode() for c in self.weights.meta["categories"]], dtype=object)
 
     def preprocess(self, images: np.ndarray | list[np.ndarray]) -> Any:
@@ -67,19 +87,10 @@ class Classifier:
         return {"logits": logits, "label": self.categories[logits.argmax(1)]}
 
 
-class Detector:
+class Detector(TorchvisionModel):
     """COCO detector; boxes are x1,y1,x2,y2 in the input image's pixels."""
 
-    def __init__(self, device: str, arch: str):
-        import torchvision
-
-        self.device = device
-        self.weights = _weights(arch)
-        self.model = torchvision.models.get_model(arch, weights=None, weights_backbone=None)
-        self.model.load_state_dict(torchvision_state_dict(self.weights))
-        self.model.eval().to(device)
-        self.transforms = self.weights.transforms()
-        self.categories = self.weights.meta["categories"]
+    backbone_arg = True
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -111,18 +122,10 @@ class Embedder(Classifier):
         return {"embedding": torch.nn.functional.normalize(self.model(x).float(), dim=1).cpu().numpy()}
 
 
-class Segmenter:
+class Segmenter(TorchvisionModel):
     """Semantic segmentation (21 Pascal VOC classes): one class id per input pixel."""
 
-    def __init__(self, device: str, arch: str):
-        import torchvision
-
-        self.device = device
-        self.weights = _weights(arch)
-        self.model = torchvision.models.get_model(arch, weights=None, weights_backbone=None)
-        self.model.load_state_dict(torchvision_state_dict(self.weights))
-        self.model.eval().to(device)
-        self.transforms = self.weights.transforms()
+    backbone_arg = True
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -174,15 +177,10 @@ SPECS = [_classifier(a) for a in ("resnet18", "resnet50", "mobilenet_v3_large", 
         description="torchvision Faster R-CNN MobileNetV3-Large 320 FPN, COCO",
         inputs=[IMAGES],
         outputs=[
-            TensorSpec(
-                name="boxes",
-                datatypes=["FP32"],
-                shape=[-1, -1, 4],
-                description="x1,y1,x2,y2 in input pixels; rows past num_detections are zero padding",
-            ),
-            TensorSpec(name="scores", datatypes=["FP32"], shape=[-1, -1]),
+            BOXES,
+            SCORES,
             TensorSpec(name="labels", datatypes=["INT64"], shape=[-1, -1], description="COCO category ids"),
-            TensorSpec(name="num_detections", datatypes=["INT32"], shape=[-1]),
+            COUNT,
         ],
         entrypoint="nosd.hub.torchvision:Detector",
         init_args={"arch": _DET},
