@@ -13,6 +13,7 @@ from nosd import hub
 DOC = Path(__file__).resolve().parent.parent / "docs" / "models.md"
 EXAMPLE = """```python
 from nosclient import Client
+
 with Client("http://127.0.0.1:8000") as c:
     out = c.infer("{id}", {{{inputs}}})
 ```"""
