@@ -21,6 +21,7 @@ from nosclient.codec import (
     DATATYPES,
     JSON,
     MSGPACK,
+    datatype_of,
     decode_tensor,
     dumps,
     encode_tensor,
@@ -198,10 +199,10 @@ def encode_response(
             )
         elif content_type == JSON and name in req.binary_outputs:
             data = raw_bytes(value)
-            t = encode_tensor(name, value[:0], binary=False)
-            t.update(shape=list(value.shape), parameters={"binary_data_size": len(data)})
-            t.pop("data")
-            tensors.append(t)
+            params = {"binary_data_size": len(data)}
+            tensors.append(
+                {"name": name, "datatype": datatype_of(value), "shape": list(value.shape), "parameters": params}
+            )
             tail.append(data)
         else:
             tensors.append(encode_tensor(name, value, binary=content_type == MSGPACK))
