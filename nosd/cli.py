@@ -18,6 +18,7 @@ from nosd.errors import NosdError
 from nosd.manager import ModelManager
 from nosd.memory import parse_budget
 from nosd.server import READY, make_app, sweep_regions
+from nosd.weights import fetch, files_dir
 
 log = logging.getLogger("nosd")
 
@@ -38,9 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models", default="", help="comma-separated model ids to load before reporting ready")
-    p.add_argument(
-        "--model-module", action="append", default=[], help="a .py file or module defining custom models (repeatable)"
-    )
+    custom_flags(p)
     p.add_argument(
         "--ray-address",
         default=None,
@@ -84,6 +83,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
+
+
+def custom_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-module", action="append", default=[], help="a .py file or module defining custom models (repeatable)"
+    )
+    p.add_argument(
+        "--model-config", action="append", default=[], help="a YAML or TOML file with a 'models' list (repeatable)"
+    )
+
+
+def register_custom(args: argparse.Namespace) -> None:
+    try:
+        specs = [s for m in args.model_module for s in hub.load_module(m)]
+        specs += [s for c in args.model_config for s in hub.load_config(c)]
+    except NosdError as e:
+        raise SystemExit(f"nosd: {e}") from None
+    for spec in specs:
+        log.info("registered custom model %s", spec.id)
 
 
 def start_ray(address: str | None, cpus: float | None) -> None:
@@ -155,15 +173,15 @@ def profile_main(argv: list[str]) -> None:
     p.add_argument("model")
     p.add_argument("--runtime", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--seconds", type=float, default=2.0, help="time per batch size")
-    p.add_argument("--model-module", action="append", default=[])
+    custom_flags(p)
     args = p.parse_args(argv)
     from tqdm import tqdm
 
+    from nosd import engines
     from nosd.profile import baseline_rss, measure, save_profile
-    from nosd.worker import resolve
+    from nosd.worker import init_args, resolve
 
-    for module in args.model_module:
-        hub.load_module(module)
+    register_custom(args)
     try:
         spec = hub.get(args.model)
     except NosdError as e:
@@ -171,7 +189,11 @@ def profile_main(argv: list[str]) -> None:
     device = "cuda" if args.runtime == "gpu" else "cpu"
     before = baseline_rss()
     print(f"loading {spec.id} on {device} ...", file=sys.stderr)
-    model = resolve(spec.entrypoint)(device, **spec.init_args)
+    engines.configure(os.cpu_count() or 1)
+    try:
+        model = resolve(spec.entrypoint)(device, **init_args(spec))
+    except NosdError as e:
+        raise SystemExit(f"nosd profile: {e}") from None
     prof = measure(
         model,
         spec,
@@ -197,13 +219,21 @@ def pull_main(argv: list[str]) -> None:
 
     p = argparse.ArgumentParser(prog="nosd pull", description=pull_main.__doc__)
     p.add_argument("model")
+    custom_flags(p)
     args = p.parse_args(argv)
+    register_custom(args)
     try:
         spec = hub.get(args.model)
-        module = importlib.import_module(spec.entrypoint.rpartition(":")[0])
-        if not hasattr(module, "pull"):
-            raise SystemExit(f"nosd pull: {spec.id} has no weights to fetch")
-        module.pull(spec)
+        if spec.files:
+            for name, f in spec.files.items():
+                fetch(f.url, f.sha256, files_dir(spec.id) / name)
+                print(f"{files_dir(spec.id) / name}: sha256 ok")
+        else:
+            target = spec.entrypoint.rpartition(":")[0]
+            module = None if target.endswith(".py") else importlib.import_module(target)
+            if not hasattr(module, "pull"):
+                raise SystemExit(f"nosd pull: {spec.id} has no weights to fetch")
+            module.pull(spec)
     except NosdError as e:
         raise SystemExit(f"nosd pull: {e}") from None
     print(f"{spec.id}: weights ready")
@@ -219,12 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    try:
-        for module in args.model_module:
-            for spec in hub.load_module(module):
-                log.info("registered custom model %s", spec.id)
-    except NosdError as e:
-        raise SystemExit(f"nosd: {e}") from None
+    register_custom(args)
     start_ray(args.ray_address, args.ray_cpus)
     try:
         uvloop.run(serve(args))

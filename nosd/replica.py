@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError, RuntimeEnvSetupError
 
 from nosd.errors import ModelFailure, NosdError, WorkerUnavailable
 from nosd.spec import ModelSpec
@@ -38,7 +38,18 @@ def unwrap(e: BaseException) -> NosdError:
         return ModelFailure(f"model raised {type(cause).__name__ if cause else 'an error'}: {cause or e}")
     if isinstance(e, NosdError):
         return e
+    if isinstance(e, RuntimeEnvSetupError):  # not retryable: the model's pip requirements do not install
+        return ModelFailure(f"could not build the model's Ray runtime_env: {str(e).strip().splitlines()[-1]}")
     return WorkerUnavailable(DIED)
+
+
+def runtime_env(spec: ModelSpec, threads: int) -> dict[str, Any]:
+    """The worker's Ray runtime_env: its thread count, and its own pip packages in a Ray-built virtualenv
+    layered on the daemon's (so nosd and torch are still there, the model's packages only here)."""
+    env: dict[str, Any] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+    if spec.pip:
+        env["pip"] = {"packages": spec.pip, "pip_check": False}
+    return env
 
 
 class RayReplica:
@@ -70,7 +81,7 @@ class RayReplica:
                 num_gpus=num_gpus if device == "cuda" else 0,
                 max_restarts=-1,
                 max_task_retries=0,
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+                runtime_env=runtime_env(spec, threads),
             )
             .remote(spec, device, threads)
         )

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from nosclient.codec import DATATYPES
+from nosd.weights import RemoteFile
 
 NUMERIC = [d for d in DATATYPES if d != "BYTES"]
 Task = Literal[
@@ -85,6 +86,10 @@ class ModelSpec(BaseModel):
     latency_target_ms: float = Field(1000.0, gt=0)
     # Where weights come from (informational for users; the model's loader uses it).
     weights: str | None = None
+    # Files fetched by URL (``nosd pull``) into $NOSD_HOME; an init arg equal to a key here gets the local path.
+    files: dict[str, RemoteFile] = Field(default_factory=dict)
+    # pip requirements for this model's workers only: they run in a Ray runtime_env, not the daemon's env.
+    pip: list[str] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     platform: str = "pytorch"
 

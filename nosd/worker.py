@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from nosd import engines
 from nosd.errors import BadRequest
 from nosd.shm import Mappings, ShmRef, ShmWritten
 from nosd.spec import ModelSpec
+from nosd.weights import local_file
 
 Batch = dict[str, "np.ndarray | list[np.ndarray]"]
 
@@ -55,6 +57,14 @@ def resolve(entrypoint: str) -> Any:
     return getattr(module, attr)
 
 
+def init_args(spec: ModelSpec) -> dict[str, Any]:
+    """The spec's init args, with names of its URL files replaced by their local paths (a miss names the fix)."""
+    return {
+        k: str(local_file(spec.id, v)) if isinstance(v, str) and v in spec.files else v
+        for k, v in spec.init_args.items()
+    }
+
+
 def collate(requests: list[dict[str, np.ndarray]]) -> tuple[Batch, list[int]]:
     """Join requests along the batch dim: one ndarray when shapes agree, else a list of samples."""
     counts = [len(next(iter(r.values()))) if r else 0 for r in requests]
@@ -75,6 +85,8 @@ def _pad_stack(samples: list[np.ndarray]) -> np.ndarray:
         return np.zeros((0,), np.float32)
     shape = np.max([s.shape for s in samples], axis=0)
     out = np.zeros((len(samples), *shape), dtype=samples[0].dtype)
+    if out.dtype == object:
+        out.fill(b"")  # BYTES pad with empty strings, not integer zeros
     for i, s in enumerate(samples):
         out[(i, *(slice(0, d) for d in s.shape))] = s
     return out
@@ -107,7 +119,7 @@ class Worker:
 
         from nosd.profile import baseline_rss
 
-        torch.set_num_threads(threads)
+        engines.configure(threads)
         self.spec, self.device = spec, device
         self.rss_before_load = baseline_rss()
         if device == "cuda":
@@ -118,7 +130,7 @@ class Worker:
         self.error: Exception | None = None
         t0 = time.perf_counter()
         try:
-            self.model = resolve(spec.entrypoint)(device, **spec.init_args)
+            self.model = resolve(spec.entrypoint)(device, **init_args(spec))
         except Exception as e:
             self.error = e
         self.info = {"pid": os.getpid(), "threads": threads, "load_s": round(time.perf_counter() - t0, 3)}
@@ -160,12 +172,25 @@ class Worker:
             except BadRequest as e:
                 results[i] = e
         if ready:
-            batch, counts = collate([inputs for _, inputs in ready])
-            with torch.inference_mode():
-                outputs = self.model(batch)
-            for (i, _), out in zip(ready, split(outputs, counts), strict=True):
-                results[i] = self._place(works[i], out)
+            try:
+                outs: list[dict[str, Any] | BadRequest] = list(self._run(ready))
+            except BadRequest:  # one request's input the model rejects (an undecodable image): find it, alone
+                outs = []
+                for one in ready:
+                    try:
+                        outs += self._run([one])
+                    except BadRequest as e:
+                        outs.append(e)
+            for (i, _), out in zip(ready, outs, strict=True):
+                results[i] = out if isinstance(out, BadRequest) else self._place(works[i], out)
         return results, (time.perf_counter() - t0) * 1e3
+
+    def _run(self, ready: list[tuple[int, dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+        import torch
+
+        batch, counts = collate([inputs for _, inputs in ready])
+        with torch.inference_mode():
+            return split(self.model(batch), counts)
 
     def _place(self, work: Work, out: dict[str, np.ndarray]) -> dict[str, Any] | BadRequest:
         """Keep the requested outputs; write those bound to shared memory straight into their regions."""

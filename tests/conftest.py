@@ -57,12 +57,20 @@ def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def daemon(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> Iterator[Daemon]:
-    """The shared daemon of the test run: embedded Ray, identity preloaded, others loaded on demand.
-    MTCNN's real weights are pulled first, from the facenet-pytorch wheel on PyPI, as a user would."""
+def nosd_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A NOSD_HOME with the real pretrained weights of MTCNN and PP-OCRv4, pulled from their PyPI wheels as a
+    user would (`nosd pull`)."""
+    home = tmp_path_factory.mktemp("nosd_home")
+    for model in ("facenet/mtcnn", "rapidocr/ppocr-v4"):
+        pull = [sys.executable, "-m", "nosd.cli", "pull", model]
+        subprocess.run(pull, env={**os.environ, "NOSD_HOME": str(home)}, check=True, timeout=300)
+    return home
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory: pytest.TempPathFactory, torch_home: Path, nosd_home: Path) -> Iterator[Daemon]:
+    """The shared daemon of the test run: embedded Ray, identity preloaded, others loaded on demand."""
     tmp = tmp_path_factory.mktemp("daemon")
-    pull = [sys.executable, "-m", "nosd.cli", "pull", "facenet/mtcnn"]
-    subprocess.run(pull, env={**os.environ, "NOSD_HOME": str(tmp / "nosd_home")}, check=True, timeout=300)
     d = start_daemon(
         tmp,
         "--models",
@@ -71,7 +79,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> Iterat
         "8",
         "--ray-cpus",
         "4",  # room for every model the suite loads (0.25 CPU share each) without evictions
-        env={"TORCH_HOME": str(torch_home)},
+        env={"TORCH_HOME": str(torch_home), "NOSD_HOME": str(nosd_home)},
     )
     yield d
     code = d.stop()

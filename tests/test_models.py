@@ -44,7 +44,7 @@ def test_resnet18_over_msgpack_equals_in_process_torchvision(daemon, images, ref
     assert out["logits"].shape == (4, 1000) and out["logits"].dtype == np.float32
     np.testing.assert_allclose(out["logits"], reference, rtol=1e-4, atol=1e-4)
     categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
-    assert out["label"] == [categories[i].encode() for i in reference.argmax(1)]
+    assert out["label"].tolist() == [categories[i].encode() for i in reference.argmax(1)]
 
 
 def test_resnet18_over_plain_json_equals_in_process(daemon, images, reference) -> None:

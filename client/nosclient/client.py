@@ -87,7 +87,7 @@ def _infer_result(body: dict[str, Any], plan: shm.Plan | None = None, copy: bool
             outputs[t["name"]] = shm.read_output(plan.outputs[t["name"]], t, copy)
             continue
         name, arr = decode_tensor(t)
-        outputs[name] = arr.reshape(-1).tolist() if arr.dtype == object else arr
+        outputs[name] = arr
     return InferResult(outputs, body.get("parameters", {}), body.get("id", ""))
 
 
@@ -203,7 +203,7 @@ class _Base:
 
 
 class Client(_Base):
-    """Blocking client. ``infer`` returns ``{output_name: ndarray}`` (BYTES outputs as lists of bytes).
+    """Blocking client. ``infer`` returns ``{output_name: ndarray}`` (BYTES outputs as object arrays of bytes, like tritonclient's ``as_numpy``).
 
     ``transport``: ``"http"`` (tensors in the msgpack body), ``"shm"`` (tensors in shared memory, same host
     only), or ``"auto"`` (shm when a probe proves the server sees this host's /dev/shm, else http).

@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 from nosd.errors import BadRequest, ModelNotFound
-from nosd.hub import identity, mtcnn, torchvision
+from nosd.hub import identity, mtcnn, ppocr, torchvision
 from nosd.spec import ModelSpec
 
 _HUB: dict[str, ModelSpec] = {}
@@ -54,5 +54,43 @@ def load_module(path: str) -> list[ModelSpec]:
     return found + [_HUB[i] for i in set(_HUB) - before - {s.id for s in found}]
 
 
-for _spec in identity.SPECS + torchvision.SPECS + mtcnn.SPECS:
+def load_config(path: str) -> list[ModelSpec]:
+    """Register the models of a YAML or TOML file: a ``models`` list of ModelSpec fields.
+
+    A relative ``file.py:Class`` entrypoint is relative to the config file, so the
+    file and its models can move together.
+    """
+    import tomllib
+
+    import yaml
+    from pydantic import ValidationError
+
+    file = Path(path).resolve()
+    if not file.exists():
+        raise BadRequest(f"model config {file} does not exist")
+    try:
+        text = file.read_text()
+        data = tomllib.loads(text) if file.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise BadRequest(f"model config {file} is not valid {file.suffix[1:].upper()}: {e}") from None
+    entries = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise BadRequest(f"model config {file} needs a top-level 'models' list (see docs/models.md)")
+    specs = []
+    for i, entry in enumerate(entries):
+        try:
+            spec = ModelSpec(**entry)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise BadRequest(f"model config {file}, models[{i}]: {problems}") from None
+        except TypeError:
+            raise BadRequest(f"model config {file}, models[{i}] is not a table of ModelSpec fields") from None
+        target, _, attr = spec.entrypoint.rpartition(":")
+        if target.endswith(".py") and not Path(target).is_absolute():
+            spec = spec.model_copy(update={"entrypoint": f"{file.parent / target}:{attr}"})
+        specs.append(register(spec))
+    return specs
+
+
+for _spec in identity.SPECS + torchvision.SPECS + mtcnn.SPECS + ppocr.SPECS:
     register(_spec)

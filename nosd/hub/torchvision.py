@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from nosd.errors import BadRequest
 from nosd.spec import ModelSpec, Resources, TensorSpec
 from nosd.weights import torchvision_state_dict
 
@@ -32,15 +33,17 @@ def image_tensors(images: np.ndarray | list[np.ndarray]) -> Any:
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
-    def one(img: Any) -> torch.Tensor:
+    def one(i: int, img: Any) -> torch.Tensor:
         if isinstance(img, (bytes, bytearray)):
-            buf = torch.frombuffer(bytearray(img), dtype=torch.uint8)
-            return decode_image(buf, mode=ImageReadMode.RGB)
+            try:
+                return decode_image(torch.frombuffer(bytearray(img), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except RuntimeError:
+                raise BadRequest(f"images[{i}]: {len(img)} bytes that are not a JPEG or PNG image") from None
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
 
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return [one(img) for img in images]
+    return [one(i, img) for i, img in enumerate(images)]
 
 
 def _weights(arch: str) -> Any:
