@@ -34,6 +34,14 @@ def test_readme_quick_start_finds_the_face(daemon) -> None:
     assert scope["out"]["num_detections"].tolist() == [1]
 
 
+def test_readme_quick_start_reads_the_text(daemon) -> None:
+    text = (ROOT / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[1].replace("http://127.0.0.1:8000", daemon.url)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["out"]["text"][0].tolist() == [b"Serving vision models"]
+
+
 def test_models_doc_is_generated_from_the_current_specs() -> None:
     import importlib.util
 
