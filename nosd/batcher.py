@@ -7,6 +7,11 @@ A batch leaves when a replica has a free slot and either
 While every replica is busy, requests keep accumulating, so batches grow with
 load. A request counts as many samples as its batch dim; one larger than
 ``max_batch_size`` runs alone, as its own batch, rather than being split.
+
+The queue is bounded: at ``max_queue_size`` requests a new one is refused at
+once (503 with Retry-After). A request with a deadline that passes while it is
+queued is dropped before compute (504); one whose caller went away (client
+disconnect cancels the handler) is dropped too. Once dispatched, a request runs.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nosd.errors import NotReady
+from nosd.errors import DeadlineExceeded, NotReady, Overloaded
 
 
 class Draining(NotReady):
@@ -40,14 +46,26 @@ class Item:
     n: int
     future: asyncio.Future[tuple[Outputs, dict[str, Any]]]
     enqueued: float = field(default_factory=time.perf_counter)
+    dispatched: bool = False
 
 
 class Batcher:
-    def __init__(self, replicas: list[Replica], max_batch_size: int, max_wait_ms: float, max_inflight: int = 2):
+    def __init__(
+        self,
+        replicas: list[Replica],
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_inflight: int = 2,
+        max_queue_size: int = 1024,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         self.replicas = replicas  # shared with the manager, which may add or remove replicas
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1e3
         self.max_inflight = max_inflight
+        self.max_queue_size = max_queue_size
+        self.on_batch = on_batch  # metrics: called with each dispatched batch's size
+        self.batch_s = 0.05  # moving average of a batch's duration, for Retry-After
         self._queue: deque[Item] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -60,16 +78,52 @@ class Batcher:
         return sum(it.n for it in self._queue)
 
     @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    @property
     def inflight(self) -> int:
         return sum(r.inflight for r in self.replicas)
 
-    async def submit(self, work: Any, n: int) -> tuple[Outputs, dict[str, Any]]:
+    async def submit(self, work: Any, n: int, timeout_s: float | None = None) -> tuple[Outputs, dict[str, Any]]:
         if self._closing:
             raise Draining("model is unloading; retry after it is loaded again")
+        if len(self._queue) >= self.max_queue_size:
+            raise Overloaded(
+                f"{len(self._queue)} requests are queued for this model (max_queue_size {self.max_queue_size}); "
+                "retry later or add replicas",
+                retry_after_s=self.retry_after_s(),
+            )
         item = Item(work, n, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._wake.set()
-        return await item.future
+        try:
+            if timeout_s is None:
+                return await item.future
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except TimeoutError:
+            if item.dispatched:  # the deadline bounds the wait in the queue, not the compute
+                return await item.future
+            self._drop(item)
+            raise DeadlineExceeded(
+                f"timeout_ms {timeout_s * 1e3:g} passed while the request was queued; it was not run"
+            ) from None
+        except asyncio.CancelledError:  # the client disconnected
+            if not item.dispatched:
+                self._drop(item)
+            raise
+
+    def _drop(self, item: Item) -> None:
+        item.future.cancel()
+        try:  # O(queue length), paid only by a request that gives up
+            self._queue.remove(item)
+        except ValueError:
+            pass
+
+    def retry_after_s(self) -> float:
+        """About how long the queue takes to drain at the recent batch duration."""
+        batches = self.queued / self.max_batch_size
+        return batches * self.batch_s / max(1, len(self.replicas) * self.max_inflight)
 
     def _free_replica(self) -> Replica | None:
         """The least-loaded replica with a free slot; ties rotate so idle replicas share the work."""
@@ -87,6 +141,7 @@ class Batcher:
             item = self._queue.popleft()
             if item.future.done():  # the client went away while queued
                 continue
+            item.dispatched = True
             batch.append(item)
             n += item.n
         return batch
@@ -113,6 +168,8 @@ class Batcher:
                 pass
 
     def _dispatch(self, replica: Replica, batch: list[Item]) -> None:
+        if self.on_batch:
+            self.on_batch(sum(it.n for it in batch))
         replica.inflight += 1
         self._turn += 1
         task = asyncio.create_task(self._call(replica, batch))
@@ -143,6 +200,7 @@ class Batcher:
                     }
                     it.future.set_result((out, params))
         finally:
+            self.batch_s = 0.8 * self.batch_s + 0.2 * (time.perf_counter() - started)
             replica.inflight -= 1
             self._wake.set()
 

@@ -13,11 +13,11 @@ import ray
 import uvloop
 from aiohttp import web
 
-from nosd import autoscale, hub
+from nosd import autoscale, hub, logs
 from nosd.errors import NosdError
 from nosd.manager import ModelManager
 from nosd.memory import parse_budget
-from nosd.server import READY, make_app, sweep_regions
+from nosd.server import READY, Settings, make_app, sweep_regions
 from nosd.weights import fetch, files_dir
 
 log = logging.getLogger("nosd")
@@ -81,7 +81,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--autoscale-up-s", type=float, default=2.0, help="queue above target this long adds a replica")
     p.add_argument("--autoscale-down-s", type=float, default=10.0, help="idle this long removes a replica")
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
+    p.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=512,
+        help="requests that may wait per model (a spec's max_queue_size wins); beyond it 503 + Retry-After",
+    )
+    p.add_argument(
+        "--timeout-ms",
+        type=float,
+        default=None,
+        help="default deadline of a request in the queue (the timeout_ms request parameter overrides); 504 after it",
+    )
+    p.add_argument("--max-elements", type=int, default=2**28, help="largest element count of one input tensor")
+    p.add_argument(
+        "--auth-token",
+        default=os.environ.get("NOSD_AUTH_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on every route but health (default: $NOSD_AUTH_TOKEN)",
+    )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one object per line")
     return p.parse_args(argv)
 
 
@@ -114,6 +133,17 @@ def start_ray(address: str | None, cpus: float | None) -> None:
         )
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def pick_device(runtime: str) -> str:
     gpus = ray.cluster_resources().get("GPU", 0)
     if runtime == "gpu" and gpus < 1:
@@ -130,13 +160,26 @@ async def serve(args: argparse.Namespace) -> None:
         compiled=args.compiled,
         eviction=args.eviction,
         profile_seconds=args.profile_seconds,
+        max_queue_size=args.max_queue_size,
     )
-    app = make_app(manager, int(args.max_body_mb * 2**20), shm=args.shm)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=args.grace_s)
+    settings = Settings(
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_elements=args.max_elements,
+        default_timeout_s=args.timeout_ms / 1e3 if args.timeout_ms else None,
+        auth_token=args.auth_token or None,
+    )
+    app = make_app(manager, settings, shm=args.shm)
+    # handler_cancellation: a client that disconnects cancels its handler, so its queued work is dropped.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=args.grace_s, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024)
     await site.start()
     log.info("listening on http://%s:%d (runtime %s)", args.host, args.port, device)
+    if not settings.auth_token and not is_loopback(args.host):
+        log.warning(
+            "listening on %s without --auth-token: anyone who can reach this port can run and unload models",
+            args.host,
+        )
 
     sweeper = asyncio.create_task(sweep_regions(app)) if args.shm else None
     scaler = asyncio.create_task(
@@ -246,9 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["pull"]:
         return pull_main(argv[1:])
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.setup(args.log_level, args.log_format)
     register_custom(args)
     start_ray(args.ray_address, args.ray_cpus)
     try:

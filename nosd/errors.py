@@ -33,6 +33,22 @@ class WorkerUnavailable(NosdError):
     """The worker died or is restarting: retry later."""
 
 
+class Overloaded(NosdError):
+    """The model's queue is at ``max_queue_size``: answered at once, never queued without bound."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(NosdError):
+    """The request's ``timeout_ms`` passed while it was queued; it was dropped before compute."""
+
+
+class Unauthorized(NosdError):
+    """Missing or wrong bearer token."""
+
+
 class InsufficientResources(NosdError):
     """Ray cannot place the replicas: not enough free CPU/GPU in the cluster."""
 
@@ -54,7 +70,10 @@ _STATUS: dict[type[Exception], int] = {
     BadRequest: 400,
     ModelNotFound: 404,
     PayloadTooLarge: 413,
+    Unauthorized: 401,
     NotReady: 503,
+    Overloaded: 503,
+    DeadlineExceeded: 504,
     WorkerUnavailable: 503,
     InsufficientResources: 503,
     MemoryBudgetExceeded: 507,
@@ -69,3 +88,10 @@ def status_of(exc: BaseException) -> int:
         if cls in _STATUS:
             return _STATUS[cls]
     return 500
+
+
+def headers_of(exc: BaseException) -> dict[str, str]:
+    """Every 503 is retryable: say when (Triton and RFC 9110 clients read ``Retry-After``)."""
+    if status_of(exc) != 503:
+        return {}
+    return {"Retry-After": str(max(1, round(getattr(exc, "retry_after_s", 1.0))))}

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -64,6 +65,7 @@ class ModelManager:
         eviction: Literal["fifo", "lru"] = "fifo",
         profile_seconds: float = 1.0,
         profile_sweep: list[int] | None = None,
+        max_queue_size: int = 512,
     ):
         self.device = device
         self.budget = budget_bytes
@@ -72,6 +74,8 @@ class ModelManager:
         self.eviction = eviction
         self.profile_seconds = profile_seconds
         self.profile_sweep = profile_sweep or SWEEP
+        self.max_queue_size = max_queue_size  # a spec's own max_queue_size wins
+        self.on_batch: Callable[[str, int], None] | None = None  # metrics hook: model id, samples in the batch
         self.models: dict[str, Model] = {}
         self.lock = asyncio.Lock()
         self._describe: dict[str, str] | None = None  # device name and torch version, from the first worker
@@ -102,7 +106,7 @@ class ModelManager:
                 await self.scale(m, params["replicas"])
         return m
 
-    async def infer(self, model_id: str, work: Work) -> tuple[Outputs, dict[str, Any]]:
+    async def infer(self, model_id: str, work: Work, timeout_s: float | None = None) -> tuple[Outputs, dict[str, Any]]:
         n = _batch_len(work.inputs)
         for _ in range(3):
             m = await self.ensure(model_id)
@@ -110,7 +114,7 @@ class ModelManager:
             if m.batcher is None:
                 continue
             try:
-                return await m.batcher.submit(work, n)
+                return await m.batcher.submit(work, n, timeout_s)
             except Draining:  # evicted or unloaded between our check and our submit: load it again
                 continue
         raise NotReady(f"model '{model_id}' kept being unloaded while this request waited; retry")
@@ -143,7 +147,14 @@ class ModelManager:
                 if "max_batch_size" in spec.model_fields_set or m.profile is None
                 else m.profile.best_batch_size
             )
-            m.batcher = Batcher(m.replicas, batch, spec.max_wait_ms, self.max_inflight)
+            m.batcher = Batcher(
+                m.replicas,
+                batch,
+                spec.max_wait_ms,
+                self.max_inflight,
+                max_queue_size=spec.max_queue_size or self.max_queue_size,
+                on_batch=lambda n: self.on_batch(spec.id, n) if self.on_batch else None,
+            )
             m.state, m.loaded_at, m.last_used = "ready", time.monotonic(), time.monotonic()
             log.info(
                 "%s ready: %d replica(s), max_batch_size %d, %.0f MB measured, %.0f/%.0f MB of the budget used",

@@ -11,6 +11,7 @@ know: which inputs a model takes, in which datatypes and shapes, where outputs g
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,7 @@ class InferRequest:
     work: Work
     parameters: dict[str, Any]
     binary_outputs: set[str]  # outputs to send as binary data (binary extension)
+    timeout_s: float | None = None  # from the ``timeout_ms`` parameter (or the daemon's default)
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], datatype: str) -> None:
@@ -100,9 +102,17 @@ class _Tail:
         return part
 
 
-def _input(t: Any, spec: ModelSpec, tail: _Tail, shm: Registry | None) -> tuple[str, np.ndarray | ShmRef]:
+def _input(
+    t: Any, spec: ModelSpec, tail: _Tail, shm: Registry | None, max_elements: int
+) -> tuple[str, np.ndarray | ShmRef]:
     if not isinstance(t, dict):
         raise BadRequest("each input must be a map with 'name', 'datatype', 'shape' and 'data'")
+    count = math.prod(shape_of(t.get("shape"), str(t.get("name"))))
+    if count > max_elements:
+        raise BadRequest(
+            f"input '{t.get('name')}' has {count} elements, over this server's limit of {max_elements} "
+            "(--max-elements); split the request"
+        )
     params = _params(t, f"input '{t.get('name')}'")
     binary_size = params.get("binary_data_size")
     name, datatype = t.get("name"), t.get("datatype")
@@ -129,7 +139,22 @@ def _input(t: Any, spec: ModelSpec, tail: _Tail, shm: Registry | None) -> tuple[
     return name, arr
 
 
-def parse_infer(body: Body, spec: ModelSpec, shm: Registry | None) -> InferRequest:
+def _timeout(params: dict[str, Any], default_s: float | None) -> float | None:
+    ms = params.get("timeout_ms")
+    if ms is None:
+        return default_s
+    if not isinstance(ms, (int, float)) or isinstance(ms, bool) or not 0 < ms <= 86_400_000:
+        raise BadRequest(f"parameters.timeout_ms must be a positive number of milliseconds, got {ms!r}")
+    return ms / 1e3
+
+
+def parse_infer(
+    body: Body,
+    spec: ModelSpec,
+    shm: Registry | None,
+    max_elements: int = 2**31,
+    default_timeout_s: float | None = None,
+) -> InferRequest:
     doc = body.doc
     if not isinstance(doc, dict):
         raise BadRequest("the request body must be a map with an 'inputs' list")
@@ -139,7 +164,7 @@ def parse_infer(body: Body, spec: ModelSpec, shm: Registry | None) -> InferReque
     tail = _Tail(body.tail)
     inputs: dict[str, np.ndarray | ShmRef] = {}
     for t in raw_inputs:
-        name, value = _input(t, spec, tail, shm)
+        name, value = _input(t, spec, tail, shm, max_elements)
         if name in inputs:
             raise BadRequest(f"input '{name}' is given twice")
         inputs[name] = value
@@ -177,7 +202,8 @@ def parse_infer(body: Body, spec: ModelSpec, shm: Registry | None) -> InferReque
     refs = [(n, r) for n, r in inputs.items() if isinstance(r, ShmRef)] + list(out_refs.items())
     check_overlaps(refs, set(out_refs))
     rid = doc.get("id", "")
-    return InferRequest(str(rid) if rid is not None else "", Work(inputs, wanted, out_refs), params, binary)
+    timeout_s = _timeout(params, default_timeout_s)
+    return InferRequest(str(rid) if rid is not None else "", Work(inputs, wanted, out_refs), params, binary, timeout_s)
 
 
 def encode_response(

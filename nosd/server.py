@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nosclient.codec import BINARY_HEADER, JSON, MSGPACK, content_type_of, dumps, loads
-from nosd import __version__, hub
-from nosd.errors import BadRequest, NosdError, NotReady, PayloadTooLarge, status_of
+from nosd import __version__, hub, status
+from nosd.errors import BadRequest, NosdError, NotReady, PayloadTooLarge, Unauthorized, headers_of, status_of
+from nosd.logs import REQUEST_ID
 from nosd.manager import ModelManager
+from nosd.metrics import Metrics
 from nosd.protocol import decode_body, encode_response, parse_infer
 from nosd.shm import Registry
 
 log = logging.getLogger("nosd.server")
 MANAGER = web.AppKey("manager", ModelManager)
 READY = web.AppKey("ready", dict)
-MAX_BODY = web.AppKey("max_body", int)
 SHM = web.AppKey("shm", Registry)
+METRICS = web.AppKey("metrics", Metrics)
 EXTENSIONS = ["model_repository", "binary_tensor_data", "msgpack"]
+PUBLIC = {"/v2/health/live", "/v2/health/ready", "/"}  # no token needed (the page at / holds no data)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The request limits and access rules a daemon is started with."""
+
+    max_body_bytes: int = 256 * 2**20
+    max_elements: int = 2**28
+    default_timeout_s: float | None = None
+    auth_token: str | None = None
+
+
+SETTINGS = web.AppKey("settings", Settings)
 
 
 def _reply_type(request: web.Request) -> str:
@@ -32,9 +53,44 @@ def _reply_type(request: web.Request) -> str:
     return content_type_of(request.headers.get("Content-Type"))
 
 
-def reply(request: web.Request, obj: Any, status: int = 200) -> web.Response:
+def reply(request: web.Request, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     ctype = _reply_type(request)
-    return web.Response(body=dumps(obj, ctype), status=status, content_type=ctype)
+    return web.Response(body=dumps(obj, ctype), status=status, content_type=ctype, headers=headers)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Outermost: the request id (X-Request-ID in, or a new one; echoed back and in every log line), and for
+    inference, the request's metrics. A client that disconnects cancels its handler: counted as status 499."""
+    rid = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
+    token = REQUEST_ID.set(rid)
+    started = time.perf_counter()
+    model = request.match_info.get("name") if request.match_info.route.name == "infer" else None
+    status = 499
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-ID"] = rid
+        return response
+    finally:
+        if model is not None:
+            request.app[METRICS].done(
+                model, status, time.perf_counter() - started, request.get("params"), request.get("samples", 0)
+            )
+        REQUEST_ID.reset(token)
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    """With ``--auth-token``, every route but health (and the data-free page shell) needs ``Bearer TOKEN``."""
+    token = request.app[SETTINGS].auth_token
+    if token and request.path not in PUBLIC:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            what = "a wrong token" if given else "no Authorization header"
+            err = Unauthorized(f"this server needs 'Authorization: Bearer <token>' (--auth-token); got {what}")
+            return reply(request, {"error": str(err)}, 401, {"WWW-Authenticate": "Bearer"})
+    return await handler(request)
 
 
 @web.middleware
@@ -43,7 +99,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[MAX_BODY]
+        limit = request.app[SETTINGS].max_body_bytes
         err: Exception = PayloadTooLarge(
             f"request body is over the limit of {limit} bytes; send less per request or raise --max-body-mb"
         )
@@ -57,9 +113,10 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         log.exception("unhandled error on %s %s", request.method, request.path)
         err = e
     status = status_of(err)
-    if status >= 500:
-        log.warning("%s %s -> %d: %s", request.method, request.path, status, err)
-    return reply(request, {"error": str(err)}, status)
+    log.log(
+        logging.WARNING if status >= 500 else logging.INFO, "%s %s -> %d: %s", request.method, request.path, status, err
+    )
+    return reply(request, {"error": str(err)}, status, headers_of(err))
 
 
 async def _body(request: web.Request) -> Any:
@@ -107,12 +164,34 @@ async def model_ready(request: web.Request) -> web.Response:
 async def infer(request: web.Request) -> web.Response:
     manager = _manager(request)
     spec = hub.get(request.match_info["name"])
+    settings = request.app[SETTINGS]
     raw = await request.read()
     body = decode_body(raw, content_type_of(request.headers.get("Content-Type")), request.headers.get(BINARY_HEADER))
-    req = parse_infer(body, spec, request.app.get(SHM))
-    outputs, params = await manager.infer(spec.id, req.work)
+    req = parse_infer(body, spec, request.app.get(SHM), settings.max_elements, settings.default_timeout_s)
+    outputs, params = await manager.infer(spec.id, req.work, req.timeout_s)
+    request["params"], request["samples"] = params, _rows(req.work.inputs)
     data, ctype, headers = encode_response(spec, req, outputs, params, _reply_type(request))
     return web.Response(body=data, content_type=ctype, headers=headers)
+
+
+def _rows(inputs: dict[str, Any]) -> int:
+    first = next(iter(inputs.values()))
+    return int(first.shape[0]) if first.shape else 1
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def status_json(request: web.Request) -> web.Response:
+    shm = request.app.get(SHM)
+    snap = status.snapshot(request.app[MANAGER], request.app[METRICS], len(shm.regions) if shm else 0)
+    return web.json_response(snap)
+
+
+async def status_page(request: web.Request) -> web.Response:
+    return web.Response(text=status.PAGE, content_type="text/html")
 
 
 def _registry(request: web.Request) -> Registry:
@@ -167,20 +246,26 @@ async def repository_index(request: web.Request) -> web.Response:
     return reply(request, request.app[MANAGER].listing())
 
 
-def make_app(manager: ModelManager, max_body_bytes: int, shm: bool = True) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+def make_app(manager: ModelManager, settings: Settings | None = None, shm: bool = True) -> web.Application:
+    settings = settings or Settings()
+    app = web.Application(middlewares=[observe, auth, errors], client_max_size=settings.max_body_bytes)
     app[MANAGER] = manager
     if shm:
         app[SHM] = Registry()
     app[READY] = {"ready": False}
-    app[MAX_BODY] = max_body_bytes
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[METRICS].watch(manager, app.get(SHM))
     name = "{name:.+}"
+    app.router.add_get("/", status_page)
+    app.router.add_get("/nosd/status", status_json)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/models", models)
     app.router.add_get(f"/v2/models/{name}/ready", model_ready)
-    app.router.add_post(f"/v2/models/{name}/infer", infer)
+    app.router.add_post(f"/v2/models/{name}/infer", infer, name="infer")
     app.router.add_get(f"/v2/models/{name}", model_metadata)
     app.router.add_post("/v2/repository/index", repository_index)
     app.router.add_get("/nosd/memory", memory)

@@ -6,6 +6,7 @@ later issues can add measured profiles to it without touching the code paths.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -71,8 +72,12 @@ class Resources(BaseModel):
     threads: int | None = None
 
 
+VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+ID_RULE = "letters, digits, '.', '_', '-', in '/'-separated parts, at most 128 characters"
+
+
 class ModelSpec(BaseModel):
-    id: str
+    id: str = Field(max_length=128, pattern=f"^{VALID_ID.pattern}$")
     task: Task
     description: str = ""
     inputs: list[TensorSpec]
@@ -82,6 +87,8 @@ class ModelSpec(BaseModel):
     init_args: dict[str, Any] = Field(default_factory=dict)
     max_batch_size: int = Field(16, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
+    # Requests that may wait in the model's queue; beyond it a request gets 503 + Retry-After. None: --max-queue-size.
+    max_queue_size: int | None = Field(None, ge=1)
     # The best batch size is the smallest near peak throughput whose batch latency stays under this.
     latency_target_ms: float = Field(1000.0, gt=0)
     # Where weights come from (informational for users; the model's loader uses it).

@@ -89,3 +89,54 @@ async def test_drain_finishes_queued_work_then_refuses_new_requests() -> None:
 
     with pytest.raises(NotReady):
         await b.submit(x(1), 1)
+
+
+async def test_a_full_queue_refuses_at_once_with_a_retry_hint() -> None:
+    from nosd.errors import Overloaded, headers_of, status_of
+
+    r = Recorder(delay=0.2)
+    b = Batcher([r], max_batch_size=1, max_wait_ms=0, max_inflight=1, max_queue_size=3)
+    running = [asyncio.create_task(b.submit(x(1, i), 1)) for i in range(4)]  # 1 dispatched, 3 queued
+    await asyncio.sleep(0.05)
+    assert b.queued_requests == 3
+    with pytest.raises(Overloaded) as e:
+        await b.submit(x(1), 1)
+    assert status_of(e.value) == 503 and "max_queue_size 3" in str(e.value)
+    assert int(headers_of(e.value)["Retry-After"]) >= 1
+    assert len(await asyncio.gather(*running)) == 4  # the admitted ones all complete
+    await b.drain()
+
+
+async def test_a_deadline_passed_in_the_queue_drops_the_request_before_compute() -> None:
+    from nosd.errors import DeadlineExceeded, status_of
+
+    r = Recorder(delay=0.3)
+    b = Batcher([r], max_batch_size=1, max_wait_ms=0, max_inflight=1)
+    first = asyncio.create_task(b.submit(x(1, 1), 1))  # occupies the replica for 0.3 s
+    await asyncio.sleep(0.02)
+    with pytest.raises(DeadlineExceeded) as e:
+        await b.submit(x(1, 2), 1, timeout_s=0.05)
+    assert status_of(e.value) == 504
+    assert b.queued_requests == 0
+    await first
+    # A deadline shorter than the compute does not cut a request already running.
+    out, _ = await b.submit(x(1, 3), 1, timeout_s=0.05)
+    assert out["y"][0, 0] == 6
+    assert r.batches == [[1], [1]]  # the expired request never reached the replica
+    await b.drain()
+
+
+async def test_a_cancelled_caller_leaves_the_queue() -> None:
+    r = Recorder(delay=0.2)
+    b = Batcher([r], max_batch_size=1, max_wait_ms=0, max_inflight=1)
+    first = asyncio.create_task(b.submit(x(1, 1), 1))
+    await asyncio.sleep(0.02)
+    gone = asyncio.create_task(b.submit(x(1, 2), 1))  # what aiohttp does to a disconnected client's handler
+    await asyncio.sleep(0.02)
+    assert b.queued_requests == 1
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert b.queued_requests == 0
+    await first
+    await b.drain()
+    assert r.batches == [[1]]

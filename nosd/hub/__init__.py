@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nosd.errors import BadRequest, ModelNotFound
 from nosd.hub import identity, mtcnn, ppocr, torchvision
-from nosd.spec import ModelSpec
+from nosd.spec import ID_RULE, VALID_ID, ModelSpec
 
 _HUB: dict[str, ModelSpec] = {}
 
@@ -22,6 +22,8 @@ def register(spec: ModelSpec) -> ModelSpec:
 def get(model_id: str) -> ModelSpec:
     spec = _HUB.get(model_id)
     if spec is None:
+        if not VALID_ID.fullmatch(model_id):
+            raise BadRequest(f"model name {model_id[:80]!r} is not valid: {ID_RULE}")
         raise ModelNotFound(f"unknown model '{model_id}'; GET /v2/models lists the {len(_HUB)} available ids")
     return spec
 
