@@ -108,3 +108,32 @@ class Ballast3(Ballast):
 
 class BallastHuge(Ballast):
     spec = _ballast("ballast-huge", 600)
+
+
+class Waiter:
+    """Sleeps ``ms`` milliseconds per batch and counts the batches it ran: shows which requests really ran."""
+
+    spec = ModelSpec(
+        id="custom/waiter",
+        task="custom",
+        inputs=[TensorSpec(name="ms", datatypes=["FP32"], shape=[-1])],
+        outputs=[
+            TensorSpec(name="calls", datatypes=["INT64"], shape=[-1]),
+            TensorSpec(name="pid", datatypes=["INT64"], shape=[-1]),
+        ],
+        entrypoint="",
+        max_batch_size=1,
+    )
+
+    def __init__(self, device: str):
+        import os
+
+        self.pid, self.calls = os.getpid(), 0
+
+    def __call__(self, batch: dict) -> dict:
+        import time
+
+        time.sleep(float(batch["ms"].max()) / 1e3)
+        self.calls += 1
+        n = len(batch["ms"])
+        return {"calls": np.full(n, self.calls, dtype=np.int64), "pid": np.full(n, self.pid, dtype=np.int64)}

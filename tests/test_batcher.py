@@ -96,8 +96,10 @@ async def test_a_full_queue_refuses_at_once_with_a_retry_hint() -> None:
 
     r = Recorder(delay=0.2)
     b = Batcher([r], max_batch_size=1, max_wait_ms=0, max_inflight=1, max_queue_size=3)
-    running = [asyncio.create_task(b.submit(x(1, i), 1)) for i in range(4)]  # 1 dispatched, 3 queued
-    await asyncio.sleep(0.05)
+    running = [asyncio.create_task(b.submit(x(1, 0), 1))]
+    await asyncio.sleep(0.02)  # dispatched: the replica is busy for 0.2 s
+    running += [asyncio.create_task(b.submit(x(1, i), 1)) for i in range(1, 4)]
+    await asyncio.sleep(0.02)
     assert b.queued_requests == 3
     with pytest.raises(Overloaded) as e:
         await b.submit(x(1), 1)

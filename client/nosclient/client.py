@@ -8,9 +8,12 @@ responses; ``Client`` drives flows with blocking I/O, ``AsyncClient`` with
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
+import random
 import secrets
+import time
 import weakref
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -121,9 +124,10 @@ def _check_transport(transport: str) -> None:
 class _Base:
     """Everything but the I/O: the transport, a shared-memory pool, cached model metadata, and the flows."""
 
-    def __init__(self, transport: str):
+    def __init__(self, transport: str, retries: int = 0, backoff_s: float = 0.1):
         _check_transport(transport)
         self.transport = transport
+        self.retries, self.backoff_s = retries, backoff_s
         self._pool = shm.Pool() if transport != "http" else None
         self._meta: dict[str, dict[str, Any]] = {}
         self._held: list[shm.Segment] = []  # regions behind the views the last zero_copy call returned
@@ -201,26 +205,71 @@ class _Base:
             self._pool.close()
             self._pool = None
 
+    def _retry_delay(self, attempt: int, outcome: httpx.Response | Exception) -> float | None:
+        """Seconds to wait before retrying a call, or None to give up. Retried: 503 (queue full, worker
+        restarting, draining: the server says when, in Retry-After) and connection failures; never 4xx/5xx
+        that say the request itself is wrong. Exponential backoff with jitter, capped at 5 s."""
+        if attempt >= self.retries:
+            return None
+        if isinstance(outcome, httpx.Response):
+            if outcome.status_code != 503:
+                return None
+            hinted = outcome.headers.get("Retry-After", "")
+            if hinted.isdigit():
+                return min(5.0, float(hinted))
+        elif not isinstance(outcome, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)):
+            return None
+        return min(5.0, self.backoff_s * 2**attempt * (0.5 + random.random()))
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {**_HEADERS, "Authorization": f"Bearer {token}"} if token else dict(_HEADERS)
+
 
 class Client(_Base):
-    """Blocking client. ``infer`` returns ``{output_name: ndarray}`` (BYTES outputs as object arrays of bytes, like tritonclient's ``as_numpy``).
+    """Blocking client. ``infer`` returns ``{output_name: ndarray}`` (BYTES outputs as object arrays of bytes,
+    like tritonclient's ``as_numpy``).
 
     ``transport``: ``"http"`` (tensors in the msgpack body), ``"shm"`` (tensors in shared memory, same host
     only), or ``"auto"`` (shm when a probe proves the server sees this host's /dev/shm, else http).
+    ``token``: the daemon's ``--auth-token``. ``retries``: how many times a call that got a 503 or lost its
+    connection is repeated (after the server's Retry-After, or exponential backoff); 0 by default, because
+    only the caller knows whether its model is safe to run twice.
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 300.0, transport: str = "http"):
-        super().__init__(transport)
-        self._http = httpx.Client(base_url=url, timeout=timeout, headers=_HEADERS)
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        timeout: float = 300.0,
+        transport: str = "http",
+        token: str | None = None,
+        retries: int = 0,
+        backoff_s: float = 0.1,
+    ):
+        super().__init__(transport, retries, backoff_s)
+        self._http = httpx.Client(base_url=url, timeout=timeout, headers=_headers(token))
         if transport == "auto":
             self._settle(self._run(self._probe_flow()))
+
+    def _send(self, call: Call) -> httpx.Response:
+        for attempt in itertools.count():
+            try:
+                resp = self._http.request(call[0], call[1], content=call[2])
+            except httpx.HTTPError as e:
+                if (delay := self._retry_delay(attempt, e)) is None:
+                    raise
+            else:
+                if (delay := self._retry_delay(attempt, resp)) is None:
+                    return resp
+            time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _run(self, flow: Flow[T]) -> T:
         try:
             call = next(flow)
             while True:
                 try:
-                    resp = self._http.request(call[0], call[1], content=call[2])
+                    resp = self._send(call)
                 except httpx.HTTPError as e:
                     call = flow.throw(e)
                     continue
@@ -281,17 +330,38 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The same calls as ``Client``, as coroutines. ``transport="auto"`` probes on the first call."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 300.0, transport: str = "http"):
-        super().__init__(transport)
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        timeout: float = 300.0,
+        transport: str = "http",
+        token: str | None = None,
+        retries: int = 0,
+        backoff_s: float = 0.1,
+    ):
+        super().__init__(transport, retries, backoff_s)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        self._http = httpx.AsyncClient(base_url=url, timeout=timeout, headers=_HEADERS, limits=limits)
+        self._http = httpx.AsyncClient(base_url=url, timeout=timeout, headers=_headers(token), limits=limits)
+
+    async def _send(self, call: Call) -> httpx.Response:
+        for attempt in itertools.count():
+            try:
+                resp = await self._http.request(call[0], call[1], content=call[2])
+            except httpx.HTTPError as e:
+                if (delay := self._retry_delay(attempt, e)) is None:
+                    raise
+            else:
+                if (delay := self._retry_delay(attempt, resp)) is None:
+                    return resp
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def _run(self, flow: Flow[T]) -> T:
         try:
             call = next(flow)
             while True:
                 try:
-                    resp = await self._http.request(call[0], call[1], content=call[2])
+                    resp = await self._send(call)
                 except httpx.HTTPError as e:
                     call = flow.throw(e)
                     continue
