@@ -311,6 +311,7 @@ class ModelManager:
             "state": self.state(model_id),
             "loaded": self.state(model_id) == "ready",
             "replicas": len(m.replicas) if m else 0,
+            "nodes": [r.info.get("node", "") for r in m.replicas] if m else [],
             "min_replicas": m.min_replicas if m else 1,
             "max_replicas": m.max_replicas if m else 1,
             "memory_bytes": m.memory_bytes if m else 0,

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError, RuntimeEnvSetupError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, RuntimeEnvSetupError
 
 from nosd.errors import ModelFailure, NosdError, WorkerUnavailable
 from nosd.spec import ModelSpec
@@ -81,6 +82,9 @@ class RayReplica:
                 num_gpus=num_gpus if device == "cuda" else 0,
                 max_restarts=-1,
                 max_task_retries=0,
+                # Replicas of a model go to different nodes where they can (as Ray Serve places them): a node
+                # that dies takes one replica, not all.
+                scheduling_strategy="SPREAD",
                 runtime_env=runtime_env(spec, threads),
             )
             .remote(spec, device, threads)
@@ -146,27 +150,42 @@ class RayReplica:
         return result.result()
 
     def _break(self) -> None:
-        if self._graph is None or self._recovery is not None:
+        """The worker died: new batches wait for Ray's restart of it (in place, or on another node)."""
+        if self._recovery is not None:
             return
-        graph, self._graph = self._graph, None
-        if self._broken and not self._broken.done():
-            self._broken.set_result(None)
-        try:
-            graph.teardown()
-        except Exception as e:
-            log.debug("teardown of a broken graph: %s", e)
+        if self._graph is not None:
+            graph, self._graph = self._graph, None
+            if self._broken and not self._broken.done():
+                self._broken.set_result(None)
+            try:
+                graph.teardown()
+            except Exception as e:
+                log.debug("teardown of a broken graph: %s", e)
         self._recovery = asyncio.create_task(self._recover())
 
     async def _recover(self) -> None:
-        """Wait for Ray to restart the actor (the model reloads in its __init__), then compile again."""
+        """Wait for Ray to restart the actor (the model reloads in its __init__); compile again if compiled."""
         try:
-            self.info = await self.actor.ready.remote()
-            self._compile()
-            log.info("%s restarted (pid %s)", self.name, self.info.get("pid"))
+            self.info = await self._ready_again()
+            if self._compiled:
+                self._compile()
+            log.info("%s restarted (pid %s, node %s)", self.name, self.info.get("pid"), self.info.get("node"))
         except Exception as e:
             log.error("%s did not come back: %s", self.name, e)
         finally:
             self._recovery = None
+
+    async def _ready_again(self, patience_s: float = 120.0) -> dict[str, Any]:
+        """Ray answers 'unavailable' while it restarts an actor (a lost node takes seconds to be declared dead):
+        ask again until the restarted worker answers, or Ray gives the actor up."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return await self.actor.ready.remote()
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def forget(self, key: str) -> None:
         try:

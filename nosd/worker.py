@@ -57,6 +57,12 @@ def resolve(entrypoint: str) -> Any:
     return getattr(module, attr)
 
 
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
 def init_args(spec: ModelSpec) -> dict[str, Any]:
     """The spec's init args, with names of its URL files replaced by their local paths (a miss names the fix)."""
     return {
@@ -133,7 +139,12 @@ class Worker:
             self.model = resolve(spec.entrypoint)(device, **init_args(spec))
         except Exception as e:
             self.error = e
-        self.info = {"pid": os.getpid(), "threads": threads, "load_s": round(time.perf_counter() - t0, 3)}
+        self.info = {
+            "pid": os.getpid(),
+            "node": _node_id(),
+            "threads": threads,
+            "load_s": round(time.perf_counter() - t0, 3),
+        }
 
     def ready(self) -> dict[str, Any]:
         if self.error is not None:
