@@ -19,7 +19,8 @@ TEMPLATE = """\
 # {description}.
 #
 # Build:  docker build -f Dockerfile.{name} -t nosd:{name} .
-# Run:    docker run -p 8000:8000 --shm-size=8g {run_flags}-e NOSD_AUTH_TOKEN=... -v nosd-home:/home/nosd/.nosd nosd:{name}
+# Run:    docker run -p 8000:8000 --shm-size=8g {run_flags}-e NOSD_AUTH_TOKEN=... \\
+#           -v nosd-home:/home/nosd/.nosd nosd:{name}
 # Shared memory: clients on the same host pass tensors through /dev/shm. Docker gives a container 64 MB of it by
 # default; --shm-size sizes it, and only --ipc=host (or a shared IPC namespace) lets a client OUTSIDE the
 # container see the same segments. Ray's object store lives in /dev/shm as well.
