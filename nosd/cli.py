@@ -133,15 +133,17 @@ def start_ray(address: str | None, cpus: float | None) -> None:
         )
 
 
-def is_loopback(host: str) -> bool:
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """A daemon reachable beyond this machine without a token lets anyone run and unload models: say so."""
     import ipaddress
 
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False
+        loopback = False
+    if loopback or token:
+        return None
+    return f"listening on {host} without --auth-token: anyone who can reach this port can run and unload models"
 
 
 def pick_device(runtime: str) -> str:
@@ -175,11 +177,8 @@ async def serve(args: argparse.Namespace) -> None:
     site = web.TCPSite(runner, args.host, args.port, backlog=1024)
     await site.start()
     log.info("listening on http://%s:%d (runtime %s)", args.host, args.port, device)
-    if not settings.auth_token and not is_loopback(args.host):
-        log.warning(
-            "listening on %s without --auth-token: anyone who can reach this port can run and unload models",
-            args.host,
-        )
+    if warning := exposure_warning(args.host, settings.auth_token):
+        log.warning(warning)
 
     sweeper = asyncio.create_task(sweep_regions(app)) if args.shm else None
     scaler = asyncio.create_task(

@@ -85,6 +85,9 @@ class RayReplica:
                 # Replicas of a model go to different nodes where they can (as Ray Serve places them): a node
                 # that dies takes one replica, not all.
                 scheduling_strategy="SPREAD",
+                # Ray's GCS would keep an event record of every batch (up to 100k tasks, ~0.6 kB each): a steady
+                # memory climb under load that nosd's own metrics make unnecessary.
+                enable_task_events=False,
                 runtime_env=runtime_env(spec, threads),
             )
             .remote(spec, device, threads)

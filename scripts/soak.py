@@ -41,23 +41,24 @@ def session_rss_mb(sid: int, exclude: int) -> float:
 
 async def run(url: str, total: int, concurrency: int, pid: int, every: int) -> tuple[list[dict], int, float]:
     samples: list[dict] = []
-    sent = failures = 0
+    sent = done = failures = 0
     bar = tqdm(total=total, unit="req", desc="soak")
     x = np.arange(16, dtype=np.float32)[None]
     t0 = time.perf_counter()
     async with AsyncClient(url) as c:
 
         async def worker() -> None:
-            nonlocal sent, failures
+            nonlocal sent, done, failures
             while sent < total:
                 sent += 1
                 try:
                     await c.infer("nosd/identity", {"x": x})
                 except Exception:
                     failures += 1
+                done += 1
                 bar.update(1)
-                if sent % every == 0:
-                    samples.append({"requests": sent, "daemon_mb": rss_mb(pid), "workers_mb": session_rss_mb(pid, pid)})
+                if done % every == 0:
+                    samples.append({"requests": done, "daemon_mb": rss_mb(pid), "workers_mb": session_rss_mb(pid, pid)})
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     bar.close()

@@ -60,7 +60,7 @@ def test_requests_beyond_the_queue_limit_get_503_with_retry_after_at_once(prod) 
     async def one(c: AsyncClient) -> tuple[int, float, str | None]:
         t0 = time.perf_counter()
         body = dumps({"inputs": [{"name": "ms", "datatype": "FP32", "shape": [1], "data": [300.0]}]}, MSGPACK)
-        r = await c._http.post("/v2/models/custom/waiter/infer", content=body)
+        r = await c._request(("POST", "/v2/models/custom/waiter/infer", body))
         return r.status_code, time.perf_counter() - t0, r.headers.get("Retry-After")
 
     async def burst() -> list[tuple[int, float, str | None]]:
@@ -231,3 +231,13 @@ def test_a_killed_worker_under_steady_load_loses_no_request(prod) -> None:
     threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
     _, failures, _ = asyncio.run(load(4.0, retries=0))
     assert set(failures) <= {503}, failures  # nothing lost silently: every failure says "retry"
+
+
+def test_a_non_loopback_host_without_a_token_is_warned_about() -> None:
+    from nosd.cli import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("::1", None) is None
+    assert exposure_warning("localhost", None) is None
+    assert "without --auth-token" in exposure_warning("0.0.0.0", None)
+    assert "without --auth-token" in exposure_warning("my-host.example", None)
+    assert exposure_warning("0.0.0.0", "t0ken") is None
