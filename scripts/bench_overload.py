@@ -3,9 +3,10 @@
 A model with a fixed service time (``custom/waiter`` from tests/custom_models.py: 20 ms per batch, batch size 1,
 one replica: capacity ~50 requests/s) gets open-loop Poisson arrivals at several rates, each for a few seconds,
 on a daemon with ``--max-queue-size 8``. For each offered rate: served/s, the share answered 503 (with
-Retry-After), and p50/p99 latency of the served requests. The baseline in the same run is the measured capacity
-(closed-loop, one client at a time). Without the bound, p99 would grow with the backlog instead of staying near
-(queue + in flight) x service time. Writes bench-out/overload.json and bench-out/overload.png.
+Retry-After), and p50/p99 latency of the served requests. Baselines in the same run: the measured capacity
+(closed loop, one client at a time), and the same overload (100/s) on a daemon whose queue is unbounded, where
+p99 grows with the backlog instead of staying near (queue + in flight) x service time.
+Writes bench-out/overload.json and bench-out/overload.png.
 
     .venv/bin/python scripts/bench_overload.py
 """
@@ -89,15 +90,25 @@ def main() -> None:
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rates = [float(r) for r in args.rates.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        d = start_daemon(
+
+    def daemon(tmp: str, queue: int):
+        return start_daemon(
             Path(tmp),
             *("--model-module", str(ROOT / "tests" / "custom_models.py"), "--models", MODEL),
-            *("--max-queue-size", str(args.max_queue_size), "--profile-seconds", "0.05", "--profile-sweep", "1"),
+            *("--max-queue-size", str(queue), "--profile-seconds", "0.05", "--profile-sweep", "1"),
         )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = daemon(tmp, args.max_queue_size)
         try:
             cap = asyncio.run(capacity(d.url, 3.0))
             rows = [asyncio.run(offered(d.url, r, args.seconds)) for r in tqdm(rates, desc="offered rates")]
+        finally:
+            d.stop()
+        # The same overload without a bound (a queue of 1e6): what the bound saves.
+        d = daemon(tmp, 1_000_000)
+        try:
+            unbounded = asyncio.run(offered(d.url, 100.0, args.seconds))
         finally:
             d.stop()
     print(f"capacity (closed loop, 1 client): {cap:.1f} req/s; --max-queue-size {args.max_queue_size}")
@@ -107,7 +118,12 @@ def main() -> None:
             f"{r['offered_per_s']:>9.0f} {r['served_per_s']:>9.1f} {r['refused_share']:>9.1%} "
             f"{r['p50_ms']:>7} {r['p99_ms']:>7} {r['served_per_s'] / cap:>15.2f}"
         )
-    (args.out / "overload.json").write_text(json.dumps({"capacity_per_s": cap, "rows": rows}, indent=1))
+    print(
+        f"unbounded queue at 100/s offered: served {unbounded['served_per_s']}/s, 503 share "
+        f"{unbounded['refused_share']:.0%}, p50 {unbounded['p50_ms']} ms, p99 {unbounded['p99_ms']} ms"
+    )
+    result = {"capacity_per_s": cap, "rows": rows, "unbounded_at_100_per_s": unbounded}
+    (args.out / "overload.json").write_text(json.dumps(result, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
