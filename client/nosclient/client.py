@@ -43,6 +43,13 @@ class NosdError(Exception):
         self.message = message
 
 
+@dataclass(frozen=True)
+class Sleep:
+    """A flow step: wait this long (between retries); the driver sleeps its own way."""
+
+    seconds: float
+
+
 @dataclass
 class _Reply:
     """What the flows read of a response (httpx's Response has the same attributes)."""
@@ -218,6 +225,26 @@ class _Base:
             self._pool.close()
             self._pool = None
 
+    def _retrying(self, flow: Flow[T]) -> Generator[Call | Sleep, Any, T]:
+        """The flow, with each call repeated after a ``Sleep`` while ``_retry_delay`` says so."""
+        try:
+            call = next(flow)
+            while True:
+                for attempt in itertools.count():
+                    try:
+                        resp = yield call
+                    except httpx.HTTPError as e:
+                        if (delay := self._retry_delay(attempt, e)) is None:
+                            call = flow.throw(e)
+                            break
+                    else:
+                        if (delay := self._retry_delay(attempt, resp)) is None:
+                            call = flow.send(resp)
+                            break
+                    yield Sleep(delay)
+        except StopIteration as done:  # the flow finished: so does this wrapper, with its value
+            return done.value
+
     def _retry_delay(self, attempt: int, outcome: httpx.Response | _Reply | Exception) -> float | None:
         """Seconds to wait before retrying a call, or None to give up. Retried: 503 (queue full, worker
         restarting, draining: the server says when, in Retry-After) and connection failures; never 4xx/5xx
@@ -264,29 +291,21 @@ class Client(_Base):
         if transport == "auto":
             self._settle(self._run(self._probe_flow()))
 
-    def _send(self, call: Call) -> httpx.Response:
-        for attempt in itertools.count():
-            try:
-                resp = self._http.request(call[0], call[1], content=call[2])
-            except httpx.HTTPError as e:
-                if (delay := self._retry_delay(attempt, e)) is None:
-                    raise
-            else:
-                if (delay := self._retry_delay(attempt, resp)) is None:
-                    return resp
-            time.sleep(delay)
-        raise AssertionError("unreachable")
-
     def _run(self, flow: Flow[T]) -> T:
+        steps = self._retrying(flow)
         try:
-            call = next(flow)
+            step = next(steps)
             while True:
-                try:
-                    resp = self._send(call)
-                except httpx.HTTPError as e:
-                    call = flow.throw(e)
+                if isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    step = steps.send(None)
                     continue
-                call = flow.send(resp)
+                try:
+                    resp = self._http.request(step[0], step[1], content=step[2])
+                except httpx.HTTPError as e:
+                    step = steps.throw(e)
+                    continue
+                step = steps.send(resp)
         except StopIteration as done:
             return done.value
 
@@ -385,29 +404,21 @@ class AsyncClient(_Base):
         except aiohttp.ClientError as e:
             raise httpx.ReadError(str(e)) from None
 
-    async def _send(self, call: Call) -> _Reply:
-        for attempt in itertools.count():
-            try:
-                resp = await self._request(call)
-            except httpx.HTTPError as e:
-                if (delay := self._retry_delay(attempt, e)) is None:
-                    raise
-            else:
-                if (delay := self._retry_delay(attempt, resp)) is None:
-                    return resp
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
     async def _run(self, flow: Flow[T]) -> T:
+        steps = self._retrying(flow)
         try:
-            call = next(flow)
+            step = next(steps)
             while True:
-                try:
-                    resp = await self._send(call)
-                except httpx.HTTPError as e:
-                    call = flow.throw(e)
+                if isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                    step = steps.send(None)
                     continue
-                call = flow.send(resp)
+                try:
+                    resp = await self._request(step)
+                except httpx.HTTPError as e:
+                    step = steps.throw(e)
+                    continue
+                step = steps.send(resp)
         except StopIteration as done:
             return done.value
 
