@@ -74,6 +74,7 @@ async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
         return response
     finally:
         if model is not None:
+            model = model if hub.known(model) else "_unknown"  # clients must not mint label values
             request.app[METRICS].done(
                 model, status, time.perf_counter() - started, request.get("params"), request.get("samples", 0)
             )

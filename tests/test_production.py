@@ -143,6 +143,10 @@ def test_metrics_in_prometheus_format(prod) -> None:
     assert value("nosd_models_loaded") == 2
     assert value(r'nosd_memory_total_bytes\{device="cpu"\}') > 1e9
     assert value("nosd_shm_regions") == 0
+    httpx.post(prod.url + "/v2/models/no/such-model-123/infer", json={}, headers=AUTH)
+    text = httpx.get(prod.url + "/metrics", headers=AUTH).text
+    assert "no/such-model-123" not in text, "a client must not be able to create label values"
+    assert re.search(r'nosd_inference_requests_total\{model="_unknown",status="404"\} [1-9]', text)
 
 
 def test_bad_names_and_oversized_inputs_are_clear_400s(prod) -> None:

@@ -28,6 +28,10 @@ def get(model_id: str) -> ModelSpec:
     return spec
 
 
+def known(model_id: str) -> bool:
+    return model_id in _HUB
+
+
 def all_specs() -> list[ModelSpec]:
     return list(_HUB.values())
 
