@@ -91,7 +91,11 @@ def status_of(exc: BaseException) -> int:
 
 
 def headers_of(exc: BaseException) -> dict[str, str]:
-    """Every 503 is retryable: say when (Triton and RFC 9110 clients read ``Retry-After``)."""
-    if status_of(exc) != 503:
-        return {}
-    return {"Retry-After": str(max(1, round(getattr(exc, "retry_after_s", 1.0))))}
+    """What a status promises in headers: every 503 says when to retry (Triton and RFC 9110 clients read
+    ``Retry-After``); a 401 says which scheme it wants."""
+    status = status_of(exc)
+    if status == 503:
+        return {"Retry-After": str(max(1, round(getattr(exc, "retry_after_s", 1.0))))}
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    return {}

@@ -107,7 +107,7 @@ class ModelManager:
         return m
 
     async def infer(self, model_id: str, work: Work, timeout_s: float | None = None) -> tuple[Outputs, dict[str, Any]]:
-        n = _batch_len(work.inputs)
+        n = batch_len(work.inputs)
         for _ in range(3):
             m = await self.ensure(model_id)
             m.last_used = time.monotonic()
@@ -353,7 +353,7 @@ def _apply(m: Model, params: dict[str, Any]) -> None:
             m.batcher.max_batch_size = params["max_batch_size"]
 
 
-def _batch_len(inputs: dict[str, np.ndarray | ShmRef]) -> int:
+def batch_len(inputs: dict[str, np.ndarray | ShmRef]) -> int:
     shapes = [a.shape or () for a in inputs.values()]
     sizes = {s[0] if len(s) else -1 for s in shapes}
     if -1 in sizes:

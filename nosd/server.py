@@ -17,7 +17,7 @@ from nosclient.codec import BINARY_HEADER, JSON, MSGPACK, content_type_of, dumps
 from nosd import __version__, hub, status
 from nosd.errors import BadRequest, NosdError, NotReady, PayloadTooLarge, Unauthorized, headers_of, status_of
 from nosd.logs import REQUEST_ID
-from nosd.manager import ModelManager
+from nosd.manager import ModelManager, batch_len
 from nosd.metrics import Metrics
 from nosd.protocol import decode_body, encode_response, parse_infer
 from nosd.shm import Registry
@@ -89,8 +89,7 @@ async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             what = "a wrong token" if given else "no Authorization header"
-            err = Unauthorized(f"this server needs 'Authorization: Bearer <token>' (--auth-token); got {what}")
-            return reply(request, {"error": str(err)}, 401, {"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(f"this server needs 'Authorization: Bearer <token>' (--auth-token); got {what}")
     return await handler(request)
 
 
@@ -170,14 +169,9 @@ async def infer(request: web.Request) -> web.Response:
     body = decode_body(raw, content_type_of(request.headers.get("Content-Type")), request.headers.get(BINARY_HEADER))
     req = parse_infer(body, spec, request.app.get(SHM), settings.max_elements, settings.default_timeout_s)
     outputs, params = await manager.infer(spec.id, req.work, req.timeout_s)
-    request["params"], request["samples"] = params, _rows(req.work.inputs)
+    request["params"], request["samples"] = params, batch_len(req.work.inputs)
     data, ctype, headers = encode_response(spec, req, outputs, params, _reply_type(request))
     return web.Response(body=data, content_type=ctype, headers=headers)
-
-
-def _rows(inputs: dict[str, Any]) -> int:
-    first = next(iter(inputs.values()))
-    return int(first.shape[0]) if first.shape else 1
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -249,7 +243,7 @@ async def repository_index(request: web.Request) -> web.Response:
 
 def make_app(manager: ModelManager, settings: Settings | None = None, shm: bool = True) -> web.Application:
     settings = settings or Settings()
-    app = web.Application(middlewares=[observe, auth, errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[observe, errors, auth], client_max_size=settings.max_body_bytes)
     app[MANAGER] = manager
     if shm:
         app[SHM] = Registry()
