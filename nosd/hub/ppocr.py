@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from nosd.engines import onnx_session
-from nosd.errors import BadRequest
+from nosd.hub.images import rgb_images
 from nosd.hub.torchvision import COUNT, IMAGES, SCORES
 from nosd.spec import ModelSpec, TensorSpec
 from nosd.weights import WheelWeights
@@ -51,16 +51,7 @@ def bgr_images(images: np.ndarray | list[Any]) -> list[np.ndarray]:
     """Wire images -> BGR uint8 HWC arrays (PaddleOCR's models were trained in OpenCV's channel order)."""
     import cv2
 
-    out = []
-    for i, img in enumerate(images):
-        if isinstance(img, (bytes, bytearray)):
-            arr = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
-            if arr is None:
-                raise BadRequest(f"images[{i}]: {len(img)} bytes that are not a JPEG or PNG image")
-            out.append(arr)
-        else:
-            out.append(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
-    return out
+    return [cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR) for img in rgb_images(images)]
 
 
 def _normalize(img: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from nosd.errors import BadRequest
+from nosd.hub.images import rgb_images
 from nosd.spec import ModelSpec, Resources, TensorSpec
 from nosd.weights import torchvision_state_dict
 
@@ -28,22 +28,14 @@ SCORES = TensorSpec(name="scores", datatypes=["FP32"], shape=[-1, -1])
 COUNT = TensorSpec(name="num_detections", datatypes=["INT32"], shape=[-1])
 
 
-def image_tensors(images: np.ndarray | list[np.ndarray]) -> Any:
-    """Wire images -> uint8 CHW torch tensors: one [N,3,H,W] tensor when sizes agree, else a list."""
+def image_tensors(images: np.ndarray | list[Any]) -> Any:
+    """Wire images -> uint8 CHW torch tensors (no copy): one [N,3,H,W] tensor when sizes agree, else a list."""
     import torch
-    from torchvision.io import ImageReadMode, decode_image
 
-    def one(i: int, img: Any) -> torch.Tensor:
-        if isinstance(img, (bytes, bytearray)):
-            try:
-                return decode_image(torch.frombuffer(bytearray(img), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            except RuntimeError:
-                raise BadRequest(f"images[{i}]: {len(img)} bytes that are not a JPEG or PNG image") from None
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return [one(i, img) for i, img in enumerate(images)]
+    pixels = rgb_images(images)
+    if isinstance(pixels, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
+    return [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1) for p in pixels]
 
 
 def _weights(arch: str) -> Any:
