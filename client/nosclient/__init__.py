@@ -1,4 +1,4 @@
-"""nosclient: call a nosd server from anywhere, with numpy + msgpack + httpx only."""
+"""nosclient: call a nosd server from anywhere: numpy, msgpack, httpx (blocking) and aiohttp (async); no torch."""
 
 from nosclient.client import AsyncClient, Client, InferResult, NosdError
 from nosclient.codec import TensorError
