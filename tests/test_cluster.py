@@ -144,7 +144,7 @@ def test_replicas_on_two_nodes_and_serving_survives_losing_one(cluster, tmp_path
             return await task
 
         ok, failures = asyncio.run(kill_then_load())
-        assert failures == [] and ok > 100, (ok, failures)
+        assert failures == [] and ok > 40, (ok, failures)  # a floor against a stall, not a speed claim
         assert _alive_nodes(address, env) == 1
         with Client(d.url) as c:
             state = c.metadata("custom/waiter")["state"]
