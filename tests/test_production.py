@@ -229,8 +229,10 @@ def test_a_killed_worker_under_steady_load_loses_no_request(prod) -> None:
     # The new process serves on: the last requests all went to it, and many did (not a trickle of retries).
     served_by_new = [p for p in pids if p != pid]
     assert len(served_by_new) >= 20 and pids[-3:] == [pids[-1]] * 3 and pids[-1] != pid, (pid, pids[-10:])
-    print(f"served {len([t for t in done_at if t - t0 < 1.5])} before the kill (1.5 s), "
-          f"{len([t for t in done_at if t - t0 > 6.0])} in the last 2 s")
+    print(
+        f"served {len([t for t in done_at if t - t0 < 1.5])} before the kill (1.5 s), "
+        f"{len([t for t in done_at if t - t0 > 6.0])} in the last 2 s"
+    )
 
     with Client(prod.url, token=TOKEN) as c:
         pid = int(c.infer("custom/waiter", waiter(0))["pid"][0])
