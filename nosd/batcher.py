@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nosd.errors import DeadlineExceeded, NotReady, Overloaded
+from nosd.logs import detached
 
 
 class Draining(NotReady):
@@ -71,7 +72,7 @@ class Batcher:
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._turn = 0
-        self._loop = asyncio.create_task(self._run())
+        self._loop = detached(self._run())
 
     @property
     def queued(self) -> int:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
 import sys
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Set by the server for the duration of each request (from X-Request-ID, or a fresh one).
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def detached(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task that outlives the request that happened to start it (a batcher loop, a model load, a replica's
+    watchdog): it runs in a fresh context, so its log lines carry no request id rather than a stale one."""
+    return asyncio.create_task(coro, context=contextvars.Context())
 
 
 class _RequestId(logging.Filter):

@@ -25,6 +25,7 @@ import ray
 from nosd import hub
 from nosd.batcher import Batcher, Draining, Outputs
 from nosd.errors import BadRequest, InsufficientResources, MemoryBudgetExceeded, NosdError, NotReady
+from nosd.logs import detached
 from nosd.profile import SWEEP, Profile, catalog_key, load_catalog, save_profile
 from nosd.replica import RayReplica, unwrap
 from nosd.shm import ShmRef
@@ -99,7 +100,7 @@ class ModelManager:
         _apply(m, params)
         if m.state != "ready":
             if m.loading is None or m.loading.done():
-                m.loading = asyncio.create_task(self._load(m, max(m.min_replicas, params.get("replicas") or 1)))
+                m.loading = detached(self._load(m, max(m.min_replicas, params.get("replicas") or 1)))
             await asyncio.shield(m.loading)
         elif params.get("replicas") and params["replicas"] != len(m.replicas):
             async with self.lock:

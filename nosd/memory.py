@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
+from typing import Any
 
 from nosd.errors import BadRequest
 
@@ -12,17 +14,23 @@ GPU_SHARE = 0.8
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
+@functools.cache
+def _gpu() -> Any:
+    """NVML, started once per process: nvmlInit costs milliseconds, a reading microseconds, and /metrics and
+    the status page read memory on the event loop at every scrape."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    return pynvml.nvmlDeviceGetHandleByIndex(0)
+
+
 def _device_memory(device: str) -> tuple[int, int]:
     """(total, used) bytes: pynvml for the first GPU, /proc/meminfo for RAM."""
     if device == "cuda":
         import pynvml
 
-        pynvml.nvmlInit()
-        try:
-            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
-            return int(info.total), int(info.used)
-        finally:
-            pynvml.nvmlShutdown()
+        info = pynvml.nvmlDeviceGetMemoryInfo(_gpu())
+        return int(info.total), int(info.used)
     lines = Path("/proc/meminfo").read_text().splitlines()
     kb = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines}
     return kb["MemTotal"], kb["MemTotal"] - kb.get("MemAvailable", kb["MemFree"])

@@ -22,6 +22,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, RuntimeEnvSetupError
 
 from nosd.errors import ModelFailure, NosdError, WorkerUnavailable
+from nosd.logs import detached
 from nosd.spec import ModelSpec
 from nosd.worker import Work, Worker
 
@@ -108,7 +109,7 @@ class RayReplica:
             node = self.actor.infer.bind(inp)
         self._graph = node.experimental_compile(enable_asyncio=True, _max_inflight_executions=self._max_inflight)
         self._broken = asyncio.get_running_loop().create_future()
-        self._watchdog = asyncio.create_task(self._watch(self._broken))
+        self._watchdog = detached(self._watch(self._broken))
 
     async def _watch(self, broken: asyncio.Future[None], every_s: float = 1.0) -> None:
         """While executions are in flight, check the actor answers a plain call; if it died, break the graph."""
@@ -164,7 +165,7 @@ class RayReplica:
                 graph.teardown()
             except Exception as e:
                 log.debug("teardown of a broken graph: %s", e)
-        self._recovery = asyncio.create_task(self._recover())
+        self._recovery = detached(self._recover())
 
     async def _recover(self) -> None:
         """Wait for Ray to restart the actor (the model reloads in its __init__); compile again if compiled."""

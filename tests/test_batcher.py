@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nosd.batcher import Batcher
+from nosd.logs import REQUEST_ID
 
 
 class Recorder:
@@ -140,3 +141,22 @@ async def test_a_cancelled_caller_leaves_the_queue() -> None:
     await first
     await b.drain()
     assert r.batches == [[1]]
+
+
+async def test_the_dispatch_loop_does_not_log_under_the_request_id_that_created_it() -> None:
+    """The batcher is created inside some request's context; its batches serve everyone's requests."""
+    seen: list[str] = []
+
+    class Tagging(Recorder):
+        async def infer(self, requests):
+            seen.append(REQUEST_ID.get())
+            return await super().infer(requests)
+
+    token = REQUEST_ID.set("first-request")
+    try:
+        b = Batcher([Tagging()], max_batch_size=8, max_wait_ms=1)
+        await b.submit(x(1), 1)
+    finally:
+        REQUEST_ID.reset(token)
+    await b.drain()
+    assert seen == ["-"]
