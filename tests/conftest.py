@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from nosd.testing import ROOT, Daemon
@@ -15,6 +17,13 @@ from nosd.testing import start_daemon as _start
 
 CUSTOM = Path(__file__).resolve().parent / "custom_models.py"
 __all__ = ["ROOT", "Daemon", "start_daemon"]
+
+
+def encode(rgb: np.ndarray, ext: str = ".png") -> bytes:
+    """An RGB HxWx3 uint8 image as PNG or JPEG (quality 95) bytes, as a client would send a file."""
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok, ext
+    return buf.tobytes()
 
 
 def start_daemon(tmp: Path, *args: str, env: dict[str, str] | None = None, **kw) -> Daemon:

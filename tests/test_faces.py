@@ -6,10 +6,9 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
-import torchvision
 from skimage import data
 
+from conftest import encode
 from nosclient import Client
 from nosd.errors import WeightsNotFound
 from nosd.weights import WheelWeights
@@ -29,7 +28,7 @@ def _iou(a, b) -> float:
 def test_mtcnn_finds_the_astronauts_face(daemon, encoding: str) -> None:
     img = data.astronaut()
     if encoding == "jpeg":
-        images = [torchvision.io.encode_jpeg(torch.from_numpy(img).permute(2, 0, 1).contiguous()).numpy().tobytes()]
+        images = [encode(img, ".jpg")]
     else:
         images = img[None]
     with Client(daemon.url) as c:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import start_daemon
+from conftest import encode, start_daemon
 from nosclient import AsyncClient, Client, NosdError
 
 RESNET = "torchvision/resnet18"
@@ -62,9 +62,7 @@ def test_resnet18_over_plain_json_equals_in_process(daemon, images, reference) -
 
 
 def test_encoded_png_and_jpeg_decode_in_the_worker(daemon, images, reference) -> None:
-    chw = torch.from_numpy(images[0]).permute(2, 0, 1).contiguous()
-    png = torchvision.io.encode_png(chw).numpy().tobytes()
-    jpeg = torchvision.io.encode_jpeg(chw, quality=95).numpy().tobytes()
+    png, jpeg = encode(images[0], ".png"), encode(images[0], ".jpg")
     with Client(daemon.url) as c:
         out = c.infer(RESNET, {"images": [png, jpeg]})["logits"]
     np.testing.assert_allclose(out[0], reference[0], rtol=1e-4, atol=1e-4)  # PNG is lossless
@@ -202,10 +200,7 @@ def test_segmentation_masks_have_the_input_size_and_voc_classes(daemon) -> None:
     rng = np.random.default_rng(4)
     small = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     large = rng.integers(0, 256, (80, 40, 3), dtype=np.uint8)
-    png = [
-        torchvision.io.encode_png(torch.from_numpy(a).permute(2, 0, 1).contiguous()).numpy().tobytes()
-        for a in (small, large)
-    ]
+    png = [encode(a) for a in (small, large)]
     with Client(daemon.url) as c:
         one = c.infer("torchvision/lraspp_mobilenet_v3_large", {"images": small[None]})["mask"]
         two = c.infer("torchvision/lraspp_mobilenet_v3_large", {"images": png})["mask"]
