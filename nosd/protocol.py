@@ -107,8 +107,8 @@ def _input(
 ) -> tuple[str, np.ndarray | ShmRef]:
     if not isinstance(t, dict):
         raise BadRequest("each input must be a map with 'name', 'datatype', 'shape' and 'data'")
-    count = math.prod(shape_of(t.get("shape"), str(t.get("name"))))
-    if count > max_elements:
+    shape = shape_of(t.get("shape"), str(t.get("name")))  # parsed once, checked before any data is decoded
+    if (count := math.prod(shape)) > max_elements:
         raise BadRequest(
             f"input '{t.get('name')}' has {count} elements, over this server's limit of {max_elements} "
             "(--max-elements); split the request"
@@ -126,13 +126,12 @@ def _input(
     if "shared_memory_region" in params:
         if shm is None:
             raise BadRequest("shared memory is disabled on this server (--no-shm); send the data in the body")
-        shape = shape_of(t.get("shape"), name)
         _check_shape(want, shape, datatype)
         return name, shm.ref(params, datatype, shape, f"input '{name}'")
     if binary_size is not None:
         part = tail.take(binary_size, name)
         data: Any = unpack_bytes(part, name) if datatype == "BYTES" else part
-        arr = to_array(name, datatype, shape_of(t.get("shape"), name), data)
+        arr = to_array(name, datatype, shape, data)
     else:
         name, arr = decode_tensor(t)
     _check_shape(want, arr.shape, datatype)
