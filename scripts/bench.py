@@ -17,17 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
 from tqdm import tqdm
 
+import benchkit
 from nosclient.codec import MSGPACK, dumps, encode_tensor, loads
 from nosd.testing import start_daemon
 
@@ -115,13 +116,8 @@ def identity_p50(url: str, n: int = 2000) -> dict[str, float]:
     return {"p50_ms": 1e3 * statistics.median(lat), "p99_ms": 1e3 * float(np.percentile(lat, 99))}
 
 
-def plot(out: Path, sweep: dict[int, float], served: list[dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+def plot(sweep: dict[int, float], served: list[dict[str, float]]) -> Any:
+    fig, ax = benchkit.subplots(figsize=(7, 4))
     ax.plot(list(sweep), list(sweep.values()), "o-", label="in-process (batch size on x)")
     for s in served:
         ax.axhline(
@@ -135,8 +131,7 @@ def plot(out: Path, sweep: dict[int, float], served: list[dict[str, float]]) -> 
     ax.set_ylabel("images/s")
     ax.set_title("resnet18 on this CPU: nosd vs in-process")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "bench.png", dpi=120)
+    return fig
 
 
 def main() -> None:
@@ -147,7 +142,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     home = Path(os.environ.get("TORCH_HOME") or tempfile.mkdtemp(prefix="nosd-bench-"))
     ensure_weights(home)
     os.environ["TORCH_HOME"] = str(home)
@@ -185,8 +179,7 @@ def main() -> None:
         "identity": ident,
         "ratios_32": ratios,
     }
-    (args.out / "bench.json").write_text(json.dumps(result, indent=2))
-    plot(args.out, sweep, served)
+    benchkit.save(args.out, "bench", result, plot(sweep, served))
 
     print(f"\nin-process resnet18, best: {sweep[best_bs]:.1f} images/s at batch {best_bs} ({args.threads} threads)")
     for s in served:
@@ -200,7 +193,6 @@ def main() -> None:
         f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
     )
     print(f"identity round trip: p50 {ident['p50_ms']:.2f} ms  p99 {ident['p99_ms']:.2f} ms")
-    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import benchkit
 from nosclient import AsyncClient, NosdError
 from nosd.testing import ROOT, start_daemon
 
@@ -88,7 +87,6 @@ def main() -> None:
     p.add_argument("--max-queue-size", type=int, default=8)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     rates = [float(r) for r in args.rates.split(",")]
 
     def daemon(tmp: str, queue: int):
@@ -123,13 +121,7 @@ def main() -> None:
         f"{unbounded['refused_share']:.0%}, p50 {unbounded['p50_ms']} ms, p99 {unbounded['p99_ms']} ms"
     )
     result = {"capacity_per_s": cap, "rows": rows, "unbounded_at_100_per_s": unbounded}
-    (args.out / "overload.json").write_text(json.dumps(result, indent=1))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b) = benchkit.subplots(1, 2, figsize=(10, 4))
     xs = [r["offered_per_s"] for r in rows]
     a.plot(xs, [r["served_per_s"] for r in rows], marker="o", label="served")
     a.axhline(cap, color="gray", ls="--", label="capacity (closed loop)")
@@ -145,9 +137,7 @@ def main() -> None:
     b.set_ylabel("latency of served requests, ms")
     b.legend()
     fig.suptitle(f"nosd under overload: {SERVICE_MS:g} ms/request model, --max-queue-size {args.max_queue_size}")
-    fig.tight_layout()
-    fig.savefig(args.out / "overload.png", dpi=120)
-    print(f"wrote {args.out / 'overload.json'} and {args.out / 'overload.png'}", file=sys.stderr)
+    benchkit.save(args.out, "overload", result, fig)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+import benchkit
 from nosclient import AsyncClient, Client, NosdError
 from nosd.testing import ROOT, start_daemon
 
@@ -64,7 +63,6 @@ def main() -> None:
     p.add_argument("--bin-s", type=float, default=0.25)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         d = start_daemon(
@@ -116,14 +114,7 @@ def main() -> None:
     )
     print(f"failed even with retries: {result['failed_with_retries']}")
     print(f"without retries: {result['without_retries']}")
-    (args.out / "recovery.json").write_text(json.dumps(result, indent=1))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = benchkit.subplots(figsize=(8, 4))
     ax.step(starts, rate, where="post", label=f"served req/s ({args.bin_s:g} s bins)")
     ax.axvline(args.kill_at, color="r", ls="--", label="SIGKILL of the worker")
     ax.axhline(before, color="gray", ls=":", label="baseline before the kill")
@@ -131,9 +122,7 @@ def main() -> None:
     ax.set_ylabel("requests/s")
     ax.legend(loc="lower right")
     ax.set_title(f"nosd: worker killed under load ({args.clients} clients, {args.service_ms:g} ms requests)")
-    fig.tight_layout()
-    fig.savefig(args.out / "recovery.png", dpi=120)
-    print(f"wrote {args.out / 'recovery.json'} and {args.out / 'recovery.png'}", file=sys.stderr)
+    benchkit.save(args.out, "recovery", result, fig)
 
 
 if __name__ == "__main__":

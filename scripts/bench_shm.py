@@ -15,16 +15,17 @@ Prints each path's time and its ratio to the floor and to msgpack; writes bench_
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.http as th
 from tqdm import tqdm
 
+import benchkit
 from nosclient import Client
 from nosd.testing import start_daemon
 
@@ -46,7 +47,6 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         d = start_daemon(Path(tmp), "--models", "nosd/identity", "--max-body-mb", "512")
@@ -86,8 +86,7 @@ def main() -> None:
             triton.close()
         finally:
             d.stop()
-    (args.out / "bench_shm.json").write_text(json.dumps(rows, indent=2))
-    plot(args.out, rows)
+    benchkit.save(args.out, "bench_shm", rows, plot(rows))
     head = f"{'MB':>4} {'2x memcpy':>10} {'msgpack':>10} {'binary':>10} {'shm':>10} {'shm view':>10}"
     print(f"\n{head}   shm/floor  view/floor  msgpack/shm  binary/shm")
     for r in rows:
@@ -97,16 +96,10 @@ def main() -> None:
             f"  {r['shm_view_ms'] / r['floor_ms']:>10.2f}  {r['msgpack_ms'] / r['shm_ms']:>11.1f}"
             f"  {r['binary_ms'] / r['shm_ms']:>10.1f}"
         )
-    print(f"wrote {args.out / 'bench_shm.json'} and {args.out / 'bench_shm.png'}")
 
 
-def plot(out: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+def plot(rows: list[dict]) -> Any:
+    fig, ax = benchkit.subplots(figsize=(7, 4))
     x = np.arange(len(rows))
     bars = [
         ("floor_ms", "2x memcpy (floor)"),
@@ -122,8 +115,7 @@ def plot(out: Path, rows: list[dict]) -> None:
     ax.set_ylabel("round trip, ms (log)")
     ax.set_title("nosd/identity round trip by transport")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "bench_shm.png", dpi=120)
+    return fig
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import benchkit
 from nosclient import AsyncClient
 from nosd.testing import start_daemon
 
@@ -72,7 +71,6 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5_000)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         d = start_daemon(Path(tmp), "--models", "nosd/identity")
         try:
@@ -97,13 +95,7 @@ def main() -> None:
         f"{base['daemon_mb']:.1f} -> {samples[-1]['daemon_mb']:.1f} MB ({100 * growth:+.2f}%), Ray processes "
         f"{base['workers_mb']:.0f} -> {samples[-1]['workers_mb']:.0f} MB"
     )
-    (args.out / "soak.json").write_text(json.dumps(result, indent=1))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = benchkit.subplots(figsize=(7, 4))
     xs = [s["requests"] for s in samples]
     ax.plot(xs, [s["daemon_mb"] for s in samples], marker="o", label="daemon (aiohttp + Ray driver)")
     ax.axhline(base["daemon_mb"] * 1.05, color="r", ls="--", lw=1, label="baseline + 5%")
@@ -111,9 +103,7 @@ def main() -> None:
     ax.set_ylabel("resident memory, MB")
     ax.set_title(f"nosd soak: {args.requests} nosd/identity requests, {args.concurrency} concurrent")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / "soak.png", dpi=120)
-    print(f"wrote {args.out / 'soak.json'} and {args.out / 'soak.png'}", file=sys.stderr)
+    benchkit.save(args.out, "soak", result, fig)
     if growth >= 0.05 or failures:
         raise SystemExit("soak failed: RSS growth >= 5% or failed requests")
 
