@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 
 import ray
 import uvloop
@@ -123,14 +125,26 @@ def register_custom(args: argparse.Namespace) -> None:
         log.info("registered custom model %s", spec.id)
 
 
-def start_ray(address: str | None, cpus: float | None) -> None:
+def start_ray(address: str | None, cpus: float | None) -> Path | None:
+    """Join a cluster, or start an embedded Ray; for the embedded one, return its session directory."""
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # "local" forces a fresh embedded instance; the dashboard would cost ~1 GB and 10 processes here.
-        ray.init(
-            address="local", include_dashboard=False, num_cpus=cpus, logging_level=logging.WARNING, log_to_driver=True
-        )
+        return None
+    # "local" forces a fresh embedded instance; the dashboard would cost ~1 GB and 10 processes here.
+    ctx = ray.init(
+        address="local", include_dashboard=False, num_cpus=cpus, logging_level=logging.WARNING, log_to_driver=True
+    )
+    return Path(ctx.address_info["session_dir"])
+
+
+def stop_ray(session_dir: Path | None) -> None:
+    """Stop an embedded Ray and delete the environments it built for models with ``pip`` requirements: Ray
+    clones the daemon's whole virtualenv for each (gigabytes, with torch) and keeps it after its session ends.
+    Ray's logs in the session directory stay. A joined cluster is left alone."""
+    if session_dir is None:
+        return
+    ray.shutdown()
+    shutil.rmtree(session_dir / "runtime_resources", ignore_errors=True)
 
 
 def exposure_warning(host: str, token: str | None) -> str | None:
@@ -290,14 +304,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     register_custom(args)
-    start_ray(args.ray_address, args.ray_cpus)
+    session_dir = start_ray(args.ray_address, args.ray_cpus)
     try:
         uvloop.run(serve(args))
     except NosdError as e:
         raise SystemExit(f"nosd: {e}") from None
     finally:
-        if not args.ray_address:
-            ray.shutdown()
+        stop_ray(session_dir)
         log.info("stopped (pid %d)", os.getpid())
 
 

@@ -195,3 +195,6 @@ shape = [-1]
         assert importlib.util.find_spec(PIP_MODULE) is None  # and the daemon's environment is unchanged
     finally:
         assert d.stop() == 0, d.log.read_text()[-3000:]
+    # Ray cloned the daemon's virtualenv (gigabytes) for that model: the daemon deletes it when it stops.
+    env_root = Path(where.split("runtime_resources")[0]) / "runtime_resources"
+    assert env_root.parent.exists() and not env_root.exists(), env_root
